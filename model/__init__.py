@@ -1,0 +1,1 @@
+"""Model loading, prompts and the block-diffusion denoiser (installed as ``dgemma_lsp.model``)."""
