@@ -1,0 +1,634 @@
+"""From an open document and a cursor to what the model sees: prefix/suffix windows and the middle's scope.
+
+No torch here. Each open document is a `SyntaxDocument`: its text plus a tree-sitter tree that is kept in
+sync with LSP didChange events (`tree.edit` + incremental reparse). The tree is optional everywhere: plain
+text, a language whose grammar cannot be loaded, binary or oversized text all fall back to text rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, Literal
+
+import tree_sitter
+import tree_sitter_language_pack
+from lsprotocol import types
+
+log = logging.getLogger(__name__)
+
+TAB_WIDTH = 4  # a tab counts as 4 columns of indentation (flat, not tab stops); postprocess uses the same
+# How many lines a window edge may move inward to start/end at a top-level syntax node.
+SNAP_LINES = 8
+# Upper bound on how far back the text rule looks for the line that opens the enclosing block.
+OPENER_SCAN_LINES = 4000
+
+_MAX_PARSE_CHARS = 4_000_000  # like ContextBudget.max_document_chars: no tree for text we would refuse
+_EOL = re.compile(r"\r\n|\r|\n")
+_CLOSER_LINE = re.compile(r"^(?:[)\]}'\"`;,\s]+|end[)\]}\s;,]*)$")  # `}`, `});`, Lua's `end)` ...
+_TRAILING_BLOCK_COMMENT = re.compile(r"/\*(?:(?!\*/).)*\*/\s*$")  # `if (x) { /* why */`
+_LUA_FUNCTION_HEAD = re.compile(r"\bfunction\b[^()]*\([^()]*\)$")
+_WORD_OPENERS: dict[str, tuple[str, ...]] = {
+    "lua": ("then", "do", "else", "repeat"),
+    "ruby": ("then", "do", "else", "begin"),
+    "bash": ("then", "do", "else"),
+    "elixir": ("do", "else", "->"),
+}
+_LINE_COMMENT: dict[str, str] = {
+    "python": "#",
+    "ruby": "#",
+    "bash": "#",
+    "elixir": "#",
+    "lua": "--",
+}  # everything else with a tree uses `//`; plain text strips no comments
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    prefix_tokens: int = 1536
+    suffix_tokens: int = 512
+    line_middle_tokens: int = 48  # max middle tokens when scope == "line"
+    block_middle_tokens: int = 256  # max middle tokens when scope == "block"
+    max_document_chars: int = 4_000_000  # bigger documents are refused (UnsupportedDocument)
+
+
+def approx_token_count(text: str) -> int:
+    """Cheap token estimate without a tokenizer: ceil(len / 3.5), so at least 1 for non-empty text."""
+    return (2 * len(text) + 6) // 7
+
+
+class UnsupportedDocument(Exception):
+    """The document cannot be completed (binary content or too large); the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class FimContext:
+    """What the model sees for one cursor.
+
+    prefix + suffix are whole-line windows around the cursor (prefix ends and suffix starts exactly at
+    the cursor; line endings are kept as they are in the document). When nothing is truncated,
+    prefix + suffix is the whole document.
+
+    scope is "line" when the cursor line has any non-whitespace text (before or after the cursor,
+    including a tail of only closing brackets/quotes such as `)` or `");`): the middle is the rest of
+    one line. It is "block" when the cursor line is blank: the middle may span several lines.
+
+    block_indent (scope "block" only, else None) is the indentation width, in columns with a tab counted
+    as 4 columns (see `indent_width`), of the line that opens the block holding the cursor, e.g. the
+    `def f():` or `if (x) {` line. The middle ends before its first later non-blank line indented
+    <= block_indent. None with scope "block" means the cursor is at top level: no indentation cut,
+    only max_middle_tokens limits the middle.
+    """
+
+    prefix: str
+    suffix: str
+    scope: Literal["line", "block"]
+    block_indent: int | None
+    max_middle_tokens: int
+    language: str | None  # tree-sitter language name, None for plain text
+    line_prefix: str  # text of the cursor line before the cursor
+    line_suffix: str  # text of the cursor line after the cursor (without the line ending)
+    prefix_truncated: bool
+    suffix_truncated: bool
+
+
+def indent_width(line: str) -> int:
+    """Leading indentation in columns: a space is 1, a tab is 4 (flat, not tab stops)."""
+    width = 0
+    for ch in line:
+        if ch == " ":
+            width += 1
+        elif ch == "\t":
+            width += TAB_WIDTH
+        else:
+            break
+    return width
+
+
+# --- languages and parsers ---------------------------------------------------------------------------
+
+_LANGUAGE_IDS: dict[str, str | None] = {
+    "python": "python",
+    "javascript": "javascript",
+    "javascriptreact": "javascript",  # the javascript grammar parses JSX
+    "typescript": "typescript",
+    "typescriptreact": "tsx",
+    "go": "go",
+    "rust": "rust",
+    "c": "c",
+    "cpp": "cpp",
+    "cuda-cpp": "cuda",
+    "java": "java",
+    "lua": "lua",
+    "csharp": "csharp",
+    "ruby": "ruby",
+    "php": "php",
+    "shellscript": "bash",
+    "sh": "bash",
+    "kotlin": "kotlin",
+    "swift": "swift",
+    "scala": "scala",
+    "objective-c": "objc",
+    "objective-cpp": "cpp",
+    "makefile": "make",
+    "jsonc": "json",
+    "dockerfile": "dockerfile",
+    "plaintext": None,
+    "text": None,
+}
+
+_EXTENSIONS: dict[str, str | None] = {
+    "py": "python",
+    "pyi": "python",
+    "js": "javascript",
+    "jsx": "javascript",
+    "mjs": "javascript",
+    "cjs": "javascript",
+    "ts": "typescript",
+    "mts": "typescript",
+    "cts": "typescript",
+    "tsx": "tsx",
+    "go": "go",
+    "rs": "rust",
+    "c": "c",
+    "h": "c",
+    "cpp": "cpp",
+    "cc": "cpp",
+    "cxx": "cpp",
+    "hpp": "cpp",
+    "hh": "cpp",
+    "hxx": "cpp",
+    "java": "java",
+    "lua": "lua",
+    # The language pack maps these to grammars that do not fit ordinary text files (e.g. .txt -> vimdoc).
+    "txt": None,
+    "text": None,
+    "log": None,
+}
+
+
+def _extension(uri: str) -> str | None:
+    name = uri.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if "." not in name.lstrip("."):
+        return None
+    return name.rsplit(".", 1)[-1].lower()
+
+
+def language_for(language_id: str | None, uri: str | None) -> str | None:
+    """Tree-sitter language name for an LSP languageId, else from the uri's extension; None = plain text."""
+    if language_id:
+        key = language_id.lower()
+        if key in _LANGUAGE_IDS:
+            return _LANGUAGE_IDS[key]
+        try:
+            if tree_sitter_language_pack.has_language(key):
+                return key
+        except Exception:  # the pack is a native extension: never let a lookup break document opening
+            log.debug("has_language(%r) failed", key, exc_info=True)
+    if uri:
+        ext = _extension(uri)
+        if ext is None:
+            return None
+        if ext in _EXTENSIONS:
+            return _EXTENSIONS[ext]
+        try:
+            return tree_sitter_language_pack.detect_language_from_extension(ext)
+        except Exception:
+            log.debug("detect_language_from_extension(%r) failed", ext, exc_info=True)
+    return None
+
+
+_parsers: dict[str, tuple[tree_sitter.Parser, threading.Lock] | None] = {}
+_parsers_lock = threading.Lock()
+
+
+def _load_parser(language: str) -> tree_sitter.Parser | None:
+    try:
+        return tree_sitter_language_pack.get_parser(language)  # type: ignore[arg-type]
+    except Exception as exc:
+        log.warning("no tree-sitter grammar for %s (%s); using text rules only", language, exc)
+        return None
+
+
+def _parser_for(language: str) -> tuple[tree_sitter.Parser, threading.Lock] | None:
+    """One parser per language per process; a failed load is remembered so it is not retried per keystroke."""
+    with _parsers_lock:
+        if language not in _parsers:
+            parser = _load_parser(language)
+            _parsers[language] = (parser, threading.Lock()) if parser is not None else None
+        return _parsers[language]
+
+
+# --- offsets -----------------------------------------------------------------------------------------
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))  # lone surrogates from a broken client must not raise
+
+
+def _utf16_len(text: str) -> int:
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _utf16_to_index(line: str, column: int) -> int:
+    """str index in `line` for a UTF-16 column; a column inside a surrogate pair rounds down."""
+    if column <= 0:
+        return 0
+    if line.isascii() or _utf16_len(line) == len(line):
+        return min(column, len(line))
+    units = 0
+    for i, ch in enumerate(line):
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if units + width > column:
+            return i
+        units += width
+    return len(line)
+
+
+def _point_after(start: tuple[int, int], inserted: str) -> tuple[int, int]:
+    """Tree-sitter point (row, byte column; rows split on \\n only) after `inserted` placed at `start`."""
+    newlines = inserted.count("\n")
+    if newlines == 0:
+        return start[0], start[1] + _utf8_len(inserted)
+    return start[0] + newlines, _utf8_len(inserted[inserted.rfind("\n") + 1 :])
+
+
+def _input_edit(old: str, start: int, end: int, new_text: str) -> dict[str, Any]:
+    """Arguments for `Tree.edit` when old[start:end] (str indices) is replaced by new_text."""
+    start_byte = _utf8_len(old[:start])
+    line_start = old.rfind("\n", 0, start) + 1
+    start_point = (old.count("\n", 0, start), _utf8_len(old[line_start:start]))
+    removed = old[start:end]
+    return {
+        "start_byte": start_byte,
+        "old_end_byte": start_byte + _utf8_len(removed),
+        "new_end_byte": start_byte + _utf8_len(new_text),
+        "start_point": start_point,
+        "old_end_point": _point_after(start_point, removed),
+        "new_end_point": _point_after(start_point, new_text),
+    }
+
+
+def _line_starts(text: str) -> list[int]:
+    """str index of every LSP line start (\\n, \\r\\n and a lone \\r all end a line)."""
+    if "\r" not in text:
+        eol = "\n"
+    elif text.count("\r") == text.count("\r\n") == text.count("\n"):
+        eol = "\r\n"
+    else:  # lone CRs or mixed endings
+        return [0] + [m.end() for m in _EOL.finditer(text)]
+    # str.split + accumulate is several times faster than a regex scan on big documents.
+    return list(accumulate((len(part) + len(eol) for part in text.split(eol)[:-1]), initial=0))
+
+
+def _patch_line_starts(starts: list[int], text: str, start: int, end: int, inserted: int) -> list[int]:
+    """Line starts after old[start:end] became `inserted` chars of `text`, rescanning only near the edit.
+
+    The rescan begins one line before the edit (an inserted \\n may join a \\r before it) and ends
+    two lines after it, at a line start whose surrounding characters the edit did not touch.
+    """
+    first = max(0, bisect_right(starts, start) - 2)
+    last = bisect_right(starts, end) + 1  # index of the first line start kept as is (shifted)
+    delta = inserted - (end - start)
+    if last < len(starts):
+        stop = starts[last] + delta
+        middle = [m.end() for m in _EOL.finditer(text, starts[first], stop)]
+        return starts[: first + 1] + middle + [s + delta for s in starts[last + 1 :]]
+    middle = [m.end() for m in _EOL.finditer(text, starts[first])]
+    return starts[: first + 1] + middle
+
+
+# --- text rules --------------------------------------------------------------------------------------
+
+
+def _strip_line_comment(line: str, marker: str, quotes: str) -> str:
+    """Drop a trailing line comment, ignoring markers inside simple quoted strings."""
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quote is not None:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in quotes:
+            quote = ch
+        elif line.startswith(marker, i):
+            return line[:i]
+        i += 1
+    return line
+
+
+def _opens_block(line: str, language: str | None) -> bool:
+    """Does this line end in something that opens a block (`:`, `{`, `(`, `[`, `=>`, Lua's `then`, ...)?"""
+    if language is not None:
+        quotes = '"' if language == "rust" else "'\"`"  # Rust's 'a lifetimes are not quotes
+        line = _strip_line_comment(line, _LINE_COMMENT.get(language, "//"), quotes)
+        if language not in _LINE_COMMENT:
+            line = _TRAILING_BLOCK_COMMENT.sub("", line)
+    text = line.rstrip()
+    if not text:
+        return False
+    if text[-1] in "{([:" or text.endswith("=>"):
+        return True
+    words = _WORD_OPENERS.get(language or "", ())
+    if any(text == w or text.endswith((" " + w, "\t" + w, ")" + w)) for w in words):
+        return True
+    return language == "lua" and _LUA_FUNCTION_HEAD.search(text) is not None
+
+
+# --- the document ------------------------------------------------------------------------------------
+
+
+class SyntaxDocument:
+    """Text and tree-sitter tree of one open document, kept in sync incrementally.
+
+    Edits are applied to the tree at once (`tree.edit`); the incremental reparse happens when `tree` is
+    next read, so a burst of didChange events costs one reparse.
+    """
+
+    text: str
+    language: str | None
+
+    def __init__(self, text: str, language: str | None) -> None:
+        self.language = language
+        self._parser: tuple[tree_sitter.Parser, threading.Lock] | None = None
+        self._parser_loaded = language is None  # loaded on the first read of `tree`, not at didOpen
+        self._tree: tree_sitter.Tree | None = None
+        self._stale = True  # text changed since _tree was parsed
+        self._set_text(text)
+
+    # -- text bookkeeping
+
+    def _set_text(self, text: str) -> None:
+        self.text = text
+        self._starts: list[int] | None = None
+        self._bytes: bytes | None = None
+        self._byte_mark = (0, 0)  # (str index, utf-8 offset) of the last byte-offset lookup
+
+    def _line_starts(self) -> list[int]:
+        if self._starts is None:
+            self._starts = _line_starts(self.text)
+        return self._starts
+
+    def _line_end(self, line: int) -> int:
+        """str index where `line`'s content ends (before its line ending)."""
+        starts = self._line_starts()
+        if line + 1 >= len(starts):
+            return len(self.text)
+        nxt = starts[line + 1]
+        if self.text[nxt - 1] == "\n" and nxt - 2 >= starts[line] and self.text[nxt - 2] == "\r":
+            return nxt - 2
+        return nxt - 1
+
+    def _line_text(self, line: int) -> str:
+        return self.text[self._line_starts()[line] : self._line_end(line)]
+
+    def _line_bound(self, line: int) -> int:
+        """Start of `line`, or the end of the text for the line after the last."""
+        starts = self._line_starts()
+        return starts[line] if line < len(starts) else len(self.text)
+
+    def _source(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = self.text.encode("utf-8", "surrogatepass")
+        return self._bytes
+
+    def _byte_offset(self, index: int) -> int:
+        # Lookups cluster around the cursor: measure from the previous one, not from the start.
+        mark_index, mark_byte = self._byte_mark
+        if index >= mark_index:
+            byte = mark_byte + _utf8_len(self.text[mark_index:index])
+        elif index > mark_index // 2:
+            byte = mark_byte - _utf8_len(self.text[index:mark_index])
+        else:
+            byte = _utf8_len(self.text[:index])
+        self._byte_mark = (index, byte)
+        return byte
+
+    def _parseable(self) -> bool:
+        return len(self.text) <= _MAX_PARSE_CHARS and "\x00" not in self.text
+
+    # -- the tree
+
+    @property
+    def tree(self) -> tree_sitter.Tree | None:
+        """The tree for the current text (None for plain text, no grammar, binary/oversized text)."""
+        if not self._parser_loaded:
+            self._parser_loaded = True
+            self._parser = _parser_for(self.language) if self.language else None
+        if self._parser is None:
+            return None
+        if self._stale:
+            self._stale = False
+            if not self._parseable():
+                self._tree = None
+                return None
+            parser, lock = self._parser
+            try:
+                with lock:
+                    if self._tree is None:
+                        self._tree = parser.parse(self._source())
+                    else:
+                        self._tree = parser.parse(self._source(), self._tree)
+            except Exception:  # a grammar bug must cost the tree, never the server
+                log.warning("tree-sitter parse failed (%s)", self.language, exc_info=True)
+                self._tree = None
+        return self._tree
+
+    def apply_change(self, text: str, range: types.Range | None = None) -> None:
+        """Apply one LSP TextDocumentContentChangeEvent (range None = full replacement; UTF-16 positions)."""
+        if range is None:
+            self._tree = None  # no edit to describe: the next read parses from scratch
+            self._stale = True
+            self._set_text(text)
+            return
+        start = self.offset_at(range.start.line, range.start.character)
+        end = self.offset_at(range.end.line, range.end.character)
+        if end < start:
+            start, end = end, start
+        old = self.text
+        if self._tree is not None:
+            try:
+                self._tree.edit(**_input_edit(old, start, end, text))
+            except Exception:
+                log.warning("tree-sitter edit failed; reparsing from scratch", exc_info=True)
+                self._tree = None
+        self._stale = True
+        starts = self._starts
+        self._set_text(old[:start] + text + old[end:])
+        if starts is not None:
+            self._starts = _patch_line_starts(starts, self.text, start, end, len(text))
+
+    # -- positions
+
+    def offset_at(self, line: int, character: int) -> int:
+        """str index for an LSP position (UTF-16 columns); past-end lines/columns clamp to the end."""
+        starts = self._line_starts()
+        if line < 0:
+            return 0
+        if line >= len(starts):
+            return len(self.text)
+        start = starts[line]
+        return start + _utf16_to_index(self.text[start : self._line_end(line)], character)
+
+    def position_at(self, offset: int) -> types.Position:
+        """LSP position (UTF-16 columns) for a str index; inside a line ending it maps to the line end."""
+        offset = max(0, min(offset, len(self.text)))
+        line = bisect_right(self._line_starts(), offset) - 1
+        start = self._line_starts()[line]
+        end = min(offset, self._line_end(line))
+        return types.Position(line=line, character=_utf16_len(self.text[start:end]))
+
+    # -- context
+
+    def context_at(
+        self,
+        line: int,
+        character: int,
+        budget: ContextBudget = ContextBudget(),
+        count_tokens: Callable[[str], int] = approx_token_count,
+    ) -> FimContext:
+        """Prefix/suffix windows and middle scope for the cursor; raises UnsupportedDocument."""
+        if len(self.text) > budget.max_document_chars:
+            raise UnsupportedDocument(
+                f"Document too large for completion: {len(self.text):,} characters "
+                f"(limit {budget.max_document_chars:,})."
+            )
+        if "\x00" in self.text:
+            raise UnsupportedDocument("Document looks binary (it contains NUL bytes); no completion offered.")
+
+        def count(segment: str) -> int:
+            return count_tokens(segment) if segment else 0
+
+        offset = self.offset_at(line, character)
+        starts = self._line_starts()
+        cur = bisect_right(starts, offset) - 1
+        line_prefix = self.text[starts[cur] : offset]
+        line_suffix = self.text[offset : self._line_end(cur)]
+
+        # Prefix: the cursor line's text before the cursor, then whole lines upward while they fit.
+        used = count(line_prefix)
+        first = cur
+        while first > 0:
+            cost = count(self.text[starts[first - 1] : starts[first]])
+            if used + cost > budget.prefix_tokens:
+                break
+            used += cost
+            first -= 1
+        if first > 0:
+            # Start at a top-level node if one begins just inside the cut (never grow past the budget).
+            snap = range(first, min(first + SNAP_LINES, cur) + 1)
+            first = next((k for k in snap if self._is_boundary(k)), first)
+
+        # Suffix: the rest of the cursor line with its line ending, then whole lines downward while they fit.
+        used = count(self.text[offset : self._line_bound(cur + 1)])
+        stop = cur + 1  # the suffix ends where line `stop` starts
+        while stop < len(starts):
+            cost = count(self.text[starts[stop] : self._line_bound(stop + 1)])
+            if used + cost > budget.suffix_tokens:
+                break
+            used += cost
+            stop += 1
+        if stop < len(starts):
+            # End just before a top-level node if one begins at or shortly before the cut.
+            snap = range(stop, max(cur + 1, stop - SNAP_LINES) - 1, -1)
+            stop = next((j for j in snap if self._is_boundary(j)), stop)
+        suffix_end = self._line_bound(stop)
+
+        scope: Literal["line", "block"] = "line"
+        block_indent: int | None = None
+        if not (line_prefix + line_suffix).strip():
+            scope = "block"
+            block_indent = self._block_indent(cur, offset, line_prefix)
+        return FimContext(
+            prefix=self.text[starts[first] : offset],
+            suffix=self.text[offset:suffix_end],
+            scope=scope,
+            block_indent=block_indent,
+            max_middle_tokens=budget.block_middle_tokens if scope == "block" else budget.line_middle_tokens,
+            language=self.language,
+            line_prefix=line_prefix,
+            line_suffix=line_suffix,
+            prefix_truncated=first > 0,
+            suffix_truncated=suffix_end < len(self.text),
+        )
+
+    def _is_boundary(self, line: int) -> bool:
+        """Does `line` start a top-level syntax node (text rule without a tree: unindented code line)?"""
+        if line >= len(self._line_starts()):
+            return True  # the end of the document is the best place to end a suffix
+        content = self._line_text(line)
+        stripped = content.lstrip()
+        if not stripped:
+            return False
+        tree = self.tree
+        if tree is None:
+            return stripped == content and stripped[0] not in ")]}"
+        byte = self._byte_offset(self._line_starts()[line] + len(content) - len(stripped))
+        child = tree.root_node.first_child_for_byte(byte)
+        return child is not None and child.start_byte == byte
+
+    def _block_indent(self, cur: int, offset: int, line_prefix: str) -> int | None:
+        """block_indent for a blank cursor line: see FimContext. Text rules, tightened by the tree."""
+        prev = next((i for i in range(cur - 1, -1, -1) if self._line_text(i).strip()), None)
+        if prev is not None and _opens_block(self._line_text(prev), self.language):
+            return indent_width(self._line_text(prev))
+        nxt = next((i for i in range(cur + 1, len(self._line_starts())) if self._line_text(i).strip()), None)
+
+        # Text rule: the body's indentation is the cursor's when the editor indented the blank line,
+        # else the shallower of its neighbours; the opener is the nearest earlier line indented less.
+        body = indent_width(line_prefix)
+        if body == 0:
+            body = min(
+                indent_width(self._line_text(prev)) if prev is not None else 0,
+                indent_width(self._line_text(nxt)) if nxt is not None else 0,
+            )
+        by_text: int | None = None
+        if body > 0 and prev is not None:
+            for i in range(prev, max(-1, prev - OPENER_SCAN_LINES), -1):
+                content = self._line_text(i)
+                if content.strip() and not _CLOSER_LINE.match(content.strip()):
+                    width = indent_width(content)
+                    if width < body:
+                        by_text = width
+                        break
+
+        by_tree = self._tree_block_indent(offset)
+        found = [x for x in (by_text, by_tree) if x is not None]
+        return max(found) if found else None  # the deeper (inner) of the two blocks
+
+    def _tree_block_indent(self, offset: int) -> int | None:
+        """Indentation of the line opening the innermost multi-line node that spans the cursor line."""
+        tree = self.tree
+        if tree is None:
+            return None
+        source = self._source()
+        cursor_byte = self._byte_offset(offset)
+        row = self.text.count("\n", 0, offset)
+        root = tree.root_node
+        node: tree_sitter.Node | None = root.descendant_for_byte_range(cursor_byte, cursor_byte)
+        while node is not None and node.parent is not None:
+            spans = node.start_point.row < row < node.end_point.row
+            if spans and not node.is_error and "string" not in node.type and "comment" not in node.type:
+                opener = node
+                # A body without its own bracket (Python's `block`, Lua's body) opens on its parent's line.
+                parent = node.parent
+                if (
+                    source[node.start_byte : node.start_byte + 1] not in (b"{", b"(", b"[")
+                    and parent.parent is not None
+                    and parent.start_point.row < node.start_point.row
+                ):
+                    opener = parent
+                line_start = source.rfind(b"\n", 0, opener.start_byte) + 1
+                return indent_width(source[line_start : opener.start_byte].decode("utf-8", "replace"))
+            node = node.parent
+        return None
