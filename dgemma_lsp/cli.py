@@ -1,0 +1,203 @@
+"""Command line: `dgemma-lsp [--stdio | --tcp HOST:PORT]`, `dgemma-lsp complete ...`, `dgemma-lsp doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from dgemma_lsp import __version__
+from dgemma_lsp.log import setup_logging
+from dgemma_lsp.options import MODEL_ENV
+
+log = logging.getLogger("dgemma_lsp")
+
+DOCTOR_LANGUAGES = ["python", "javascript", "typescript", "go", "rust", "c", "cpp", "java", "lua"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model", metavar="DIR", help=f"DiffusionGemma checkpoint folder (default: ${MODEL_ENV})"
+    )
+    common.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v, -vv)")
+    common.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="dgemma-lsp",
+        parents=[common],
+        description="Fill-in-the-middle language server on DiffusionGemma.",
+    )
+    parser.add_argument("--version", action="version", version=f"dgemma-lsp {__version__}")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="serve LSP over stdin/stdout (the default)")
+    transport.add_argument("--tcp", metavar="HOST:PORT", help="serve LSP over TCP, for debugging")
+    sub = parser.add_subparsers(dest="command")
+
+    complete = sub.add_parser("complete", parents=[common], help="print the middle at a position in FILE")
+    complete.add_argument("file", type=Path)
+    complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
+    complete.add_argument("--character", type=int, required=True, help="0-based UTF-16 column, as in LSP")
+    complete.add_argument("--language", help="LSP languageId (default: from the file extension)")
+    complete.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    complete.add_argument("--max-denoising-steps", type=int, help="override the checkpoint's step budget")
+    complete.add_argument(
+        "--json", action="store_true", help="one JSON object with the text, range and timings"
+    )
+
+    sub.add_parser("doctor", parents=[common], help="check torch, CUDA, triton, tree-sitter and the model")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose, args.log_file)
+    if args.command == "complete":
+        return _complete(args)
+    if args.command == "doctor":
+        return _doctor(args)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dgemma_lsp.server import create_server  # torch and transformers load here, not for --version
+
+    ls = create_server(model=args.model, device=args.device)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        ls.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        ls.start_io()
+    return 0
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from dgemma_lsp.context import ContextBudget, SyntaxDocument, UnsupportedDocument, language_for
+    from dgemma_lsp.engine import complete, load_model
+    from dgemma_lsp.model.checkpoint import ModelLoadError
+    from dgemma_lsp.model.infill import Infiller
+
+    model_path = args.model or os.environ.get(MODEL_ENV)
+    if not model_path:
+        print(f"dgemma-lsp: no model: pass --model DIR or set ${MODEL_ENV}", file=sys.stderr)
+        return 2
+    try:
+        with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
+            text = f.read()
+    except OSError as exc:
+        print(f"dgemma-lsp: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        start = time.perf_counter()
+        loaded = load_model(model_path, args.device, args.max_denoising_steps)
+        load_ms = (time.perf_counter() - start) * 1000
+    except ModelLoadError as exc:
+        print(f"dgemma-lsp: {exc}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    try:
+        doc = SyntaxDocument(text, language_for(args.language, args.file.resolve().as_uri()))
+        ctx = doc.context_at(args.line, args.character, ContextBudget())
+    except UnsupportedDocument as exc:
+        print(f"dgemma-lsp: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    result = complete(Infiller(loaded), ctx, seed=args.seed)
+    total_ms = (time.perf_counter() - start) * 1000
+
+    if not args.json:
+        print(result.text)
+        return 0
+    position = doc.position_at(doc.offset_at(args.line, args.character))
+    where = {"line": position.line, "character": position.character}
+    print(
+        json.dumps(
+            {
+                "text": result.text,
+                "range": {"start": where, "end": where},
+                "scope": ctx.scope,
+                "steps": result.steps,
+                "prefill_ms": round(result.prefill_ms, 2),
+                "denoise_ms": round(result.denoise_ms, 2),
+                "total_ms": round(total_ms, 2),
+                "load_ms": round(load_ms, 2),
+                "model": str(loaded.path),
+                "device": str(loaded.device),
+            }
+        )
+    )
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    ok = True
+
+    def report(name: str, good: bool, detail: str) -> None:
+        nonlocal ok
+        ok &= good
+        print(f"[{'ok' if good else 'FAIL'}] {name}: {detail}")
+
+    report("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})")
+    report("dgemma-lsp", True, __version__)
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        device = torch.cuda.get_device_name(0) if cuda else "none (CPU fallback)"
+        report("torch", True, f"{torch.__version__}; CUDA: {device}")
+    except Exception as exc:
+        report("torch", False, str(exc))
+    try:
+        import transformers
+
+        report("transformers", True, transformers.__version__)
+    except Exception as exc:
+        report("transformers", False, str(exc))
+    try:
+        import triton
+
+        report("triton", True, triton.__version__)
+    except Exception as exc:  # optional: kernels fall back to torch
+        print(f"[--] triton: not available ({exc}); the torch fallback is used")
+
+    from dgemma_lsp.context import SyntaxDocument, language_for
+
+    broken = []
+    for language_id in DOCTOR_LANGUAGES:
+        doc = SyntaxDocument("x\n", language_for(language_id, None))
+        if doc.tree is None:
+            broken.append(language_id)
+    report(
+        "tree-sitter", not broken, "missing: " + ", ".join(broken) if broken else ", ".join(DOCTOR_LANGUAGES)
+    )
+
+    model_path = args.model or os.environ.get(MODEL_ENV)
+    if not model_path:
+        report("model", False, f"none configured: pass --model DIR or set ${MODEL_ENV}")
+    else:
+        from dgemma_lsp.engine import load_model
+        from dgemma_lsp.model.checkpoint import ModelLoadError
+
+        try:
+            start = time.perf_counter()
+            loaded = load_model(model_path, args.device)
+            seconds = time.perf_counter() - start
+            report(
+                "model",
+                True,
+                f"{loaded.path} loads on {loaded.device} ({loaded.dtype}) in {seconds:.1f} s;"
+                f" vocab {loaded.vocab_size}, canvas {loaded.canvas_length}",
+            )
+        except ModelLoadError as exc:
+            report("model", False, str(exc))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Fill-in-the-middle prompts: FIM sentinels if the tokenizer has them, else a chat prompt, else plain prefix.
+
+The chat form puts ``prefix<CURSOR>suffix`` in a fenced block and prefills the model turn with the opening
+fence and the cursor line's text before the cursor, so that the canvas continues exactly at the cursor
+(docs/DIFFUSIONGEMMA.md section 4, option 1). User code is tokenized with special-token parsing off, so code
+that happens to contain text like ``<bos>`` cannot inject control tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+CURSOR = "<CURSOR>"
+FENCE = "```"
+
+PromptMode = Literal["auto", "fim", "chat", "plain"]
+
+# Markers that end a turn in common chat formats (Gemma 4 first); cut there if the model writes them as text.
+END_OF_TURN_TEXTS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+# Single tokens that end the middle: end of turn, a new FIM document, end of file.
+END_TOKEN_TEXTS = (
+    *END_OF_TURN_TEXTS,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    FIM_MIDDLE,
+    "<|fim_pad|>",
+    "<|file_separator|>",
+)
+
+# LSP languageId -> the tag code fences usually carry.
+FENCE_TAGS = {
+    "typescriptreact": "tsx",
+    "javascriptreact": "jsx",
+    "shellscript": "bash",
+    "objective-c": "objc",
+    "objective-cpp": "objcpp",
+    "plaintext": "",
+}
+
+# Private-use characters: cannot occur in a chat template, so they locate the code inside the rendered prompt.
+_PREFIX_MARK = "\ue000dgemma-prefix\ue000"
+_SUFFIX_MARK = "\ue000dgemma-suffix\ue000"
+
+
+def _single_token_id(tokenizer: PreTrainedTokenizerBase, text: str) -> int | None:
+    """Id of ``text`` if the tokenizer treats it as one atomic token, else None."""
+    token_id = tokenizer.convert_tokens_to_ids(text)
+    if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+        return None
+    if tokenizer.convert_ids_to_tokens(token_id) != text:
+        return None
+    return token_id if tokenizer.encode(text, add_special_tokens=False) == [token_id] else None
+
+
+def has_fim_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return all(_single_token_id(tokenizer, t) is not None for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
+
+
+def _has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_mode(
+    tokenizer: PreTrainedTokenizerBase, mode: PromptMode = "auto"
+) -> Literal["fim", "chat", "plain"]:
+    """The prompt form used for ``mode``: "auto" picks FIM, then chat template, then plain continuation."""
+    if mode == "fim" and not has_fim_tokens(tokenizer):
+        raise ValueError("prompt mode 'fim' needs <|fim_prefix|>, <|fim_suffix|> and <|fim_middle|> tokens")
+    if mode == "chat" and not _has_chat_template(tokenizer):
+        raise ValueError("prompt mode 'chat' needs a tokenizer with a chat template")
+    if mode != "auto":
+        return mode
+    if has_fim_tokens(tokenizer):
+        return "fim"
+    return "chat" if _has_chat_template(tokenizer) else "plain"
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, code: bool) -> list[int]:
+    if not text:
+        return []
+    # split_special_tokens: user code is data, never control tokens.
+    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=code))
+
+
+@dataclass
+class PromptParts:
+    """A prompt as segments, so it can be shortened without re-tokenizing: prefix loses tokens from the left,
+    suffix from the right; the other segments are fixed."""
+
+    mode: Literal["fim", "chat", "plain"]
+    head: list[int] = field(default_factory=list)
+    prefix: list[int] = field(default_factory=list)
+    middle: list[int] = field(default_factory=list)
+    suffix: list[int] = field(default_factory=list)
+    tail: list[int] = field(default_factory=list)
+
+    def ids(self) -> list[int]:
+        return [*self.head, *self.prefix, *self.middle, *self.suffix, *self.tail]
+
+    def truncated(self, max_tokens: int | None) -> list[int]:
+        """At most ``max_tokens`` ids: drop the oldest prefix tokens first, then the far end of the suffix,
+        and as a last resort keep only the last ``max_tokens`` ids."""
+        ids = self.ids()
+        if max_tokens is None or len(ids) <= max_tokens:
+            return ids
+        if max_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_tokens}")
+        excess = len(ids) - max_tokens
+        drop_prefix = min(excess, len(self.prefix))
+        prefix = self.prefix[drop_prefix:]
+        excess -= drop_prefix
+        drop_suffix = min(excess, len(self.suffix))
+        suffix = self.suffix[: len(self.suffix) - drop_suffix]
+        ids = [*self.head, *prefix, *self.middle, *suffix, *self.tail]
+        return ids[-max_tokens:]
+
+
+def _fence_tag(language: str | None) -> str:
+    if not language:
+        return ""
+    return FENCE_TAGS.get(language, language)
+
+
+def _instruction(language: str | None) -> str:
+    what = f"the {language} code" if language and language != "plaintext" else "the code"
+    return (
+        f"Fill in the missing code at {CURSOR} in {what} below. Reply with one code block that starts "
+        f"with the text of the {CURSOR} line before {CURSOR}, then continues with only the code that "
+        f"belongs at {CURSOR}, and ends where the code after {CURSOR} begins."
+    )
+
+
+def _render_chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
+    messages = [{"role": "user", "content": content}]
+    # enable_thinking is a template variable (Gemma 4, Qwen); templates that do not use it ignore it.
+    rendered: Any = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    if not isinstance(rendered, str):
+        raise ValueError("the tokenizer's chat template did not render to text")
+    return rendered
+
+
+def build_prompt_parts(
+    tokenizer: PreTrainedTokenizerBase,
+    prefix: str,
+    suffix: str,
+    *,
+    language: str | None = None,
+    mode: PromptMode = "auto",
+) -> PromptParts:
+    """The prompt for filling between ``prefix`` and ``suffix``, as truncatable segments."""
+    resolved = resolve_mode(tokenizer, mode)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if resolved == "fim":
+        # PSM order: [bos] <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>
+        fim_prefix, fim_suffix, fim_middle = (
+            _single_token_id(tokenizer, t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+        )
+        assert fim_prefix is not None and fim_suffix is not None and fim_middle is not None  # resolve_mode
+        return PromptParts(
+            mode="fim",
+            head=[*bos, fim_prefix],
+            prefix=_encode(tokenizer, prefix, code=True),
+            middle=[fim_suffix],
+            suffix=_encode(tokenizer, suffix, code=True),
+            tail=[fim_middle],
+        )
+    if resolved == "plain":
+        return PromptParts(mode="plain", head=bos, prefix=_encode(tokenizer, prefix, code=True))
+
+    tag = _fence_tag(language)
+    cursor_line = prefix.rsplit("\n", 1)[-1]
+    # The model turn starts inside the code block, at the cursor: the canvas continues the cursor line.
+    prefill = f"{FENCE}{tag}\n{cursor_line}"
+    content_head = f"{_instruction(language)}\n\n{FENCE}{tag}\n"
+    content = f"{content_head}{_PREFIX_MARK}{CURSOR}{_SUFFIX_MARK}\n{FENCE}"
+    rendered = _render_chat(tokenizer, content)
+    if rendered.count(_PREFIX_MARK) == 1 and rendered.count(_SUFFIX_MARK) == 1:
+        before, rest = rendered.split(_PREFIX_MARK)
+        between, after = rest.split(_SUFFIX_MARK)
+        return PromptParts(
+            mode="chat",
+            head=_encode(tokenizer, before, code=False),
+            prefix=_encode(tokenizer, prefix, code=True),
+            middle=_encode(tokenizer, between, code=False),
+            suffix=_encode(tokenizer, suffix, code=True),
+            tail=_encode(tokenizer, after, code=False) + _encode(tokenizer, prefill, code=True),
+        )
+    # The template rewrote the markers (escaping, say): render the real code as one fixed block instead.
+    rendered = _render_chat(tokenizer, f"{content_head}{prefix}{CURSOR}{suffix}\n{FENCE}")
+    return PromptParts(
+        mode="chat", head=_encode(tokenizer, rendered, code=False) + _encode(tokenizer, prefill, code=True)
+    )
+
+
+def build_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prefix: str,
+    suffix: str,
+    *,
+    language: str | None = None,
+    mode: PromptMode = "auto",
+) -> list[int]:
+    """Prompt ids: FIM (PSM) if the tokenizer has the sentinels, else chat template, else plain prefix."""
+    return build_prompt_parts(tokenizer, prefix, suffix, language=language, mode=mode).ids()
+
+
+def stop_strings(tokenizer: PreTrainedTokenizerBase, mode: PromptMode = "auto") -> list[str]:
+    """Text markers that end the middle. Only the chat form has any: the closing fence (with the newline that
+    opens its line, listed first) and end-of-turn text; FIM and plain output run to EOS."""
+    if resolve_mode(tokenizer, mode) != "chat":
+        return []
+    markers = [f"\n{FENCE}", FENCE, *END_OF_TURN_TEXTS]
+    eos = tokenizer.eos_token
+    if isinstance(eos, str) and eos and eos not in markers:
+        markers.append(eos)
+    return markers
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Ids of single tokens that end the middle in any prompt form (EOS, end of turn, FIM sentinels)."""
+    ids = {i for i in (_single_token_id(tokenizer, t) for t in END_TOKEN_TEXTS) if i is not None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids

@@ -1,0 +1,248 @@
+"""The real `dgemma-lsp --stdio` subprocess under a real LSP client (pytest-lsp over pygls)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+SERVER = [sys.executable, "-m", "dgemma_lsp", "--stdio"]
+SOURCE = '''import os
+
+
+def read_config(path):
+    """Return the parsed config file."""
+    with open(path) as f:
+        data = f.read()
+    return data
+
+
+def greet(name):
+    message = "Hello, " + 
+    print(message)
+'''
+URI = "file:///work/demo/config.py"
+HOLE = types.Position(line=12, character=25)  # after `"Hello, " + `
+SEED = 7
+
+
+def client_capabilities(utf8_first: bool = True) -> types.ClientCapabilities:
+    """What Neovim 0.12 sends, in the parts that matter here (it offers utf-8 first)."""
+    return types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(
+            position_encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]
+            if utf8_first
+            else None
+        ),
+        text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities(),
+            synchronization=types.TextDocumentSyncClientCapabilities(),
+        ),
+        window=types.WindowClientCapabilities(work_done_progress=True),
+    )
+
+
+async def start(init_options: dict | None, *args: str) -> tuple[LanguageClient, types.InitializeResult]:
+    client = await ClientServerConfig(server_command=[*SERVER, *args]).start()
+    result = await client.initialize_session(
+        types.InitializeParams(capabilities=client_capabilities(), initialization_options=init_options)
+    )
+    return client, result
+
+
+async def stop(client: LanguageClient) -> int | None:
+    await client.shutdown_session()
+    await client.stop()
+    return client._server.returncode if client._server else None
+
+
+def open_doc(client: LanguageClient, text: str = SOURCE, uri: str = URI, language: str = "python") -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text)
+        )
+    )
+
+
+def inline_params(position: types.Position, uri: str = URI) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=position,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+    )
+
+
+def cli_complete(model: Path, text: str, position: types.Position, tmp_path: Path) -> dict:
+    """The same completion through `dgemma-lsp complete --json`: the server must agree with it."""
+    source = tmp_path / "config.py"
+    source.write_bytes(text.encode())
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dgemma_lsp",
+            "complete",
+            str(source),
+            "--line",
+            str(position.line),
+            "--character",
+            str(position.character),
+            "--model",
+            str(model),
+            "--seed",
+            str(SEED),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def session(tiny_checkpoint: Path):
+    client, result = await start({"modelPath": str(tiny_checkpoint), "seed": SEED})
+    open_doc(client)
+    yield client, result
+    assert await stop(client) == 0
+
+
+async def test_capabilities(session) -> None:
+    _, result = session
+    caps = result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+    # UTF-16 even though the client offered UTF-8 first.
+    assert caps.position_encoding in (None, types.PositionEncodingKind.Utf16)
+    assert result.server_info.name == "dgemma-lsp"
+
+
+async def test_inline_completion_matches_cli(session, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    client, _ = session
+    result = await client.text_document_inline_completion_async(inline_params(HOLE))
+    expected = cli_complete(tiny_checkpoint, SOURCE, HOLE, tmp_path)
+    assert expected["text"], "pick a seed whose middle survives post-processing"
+    assert [item.insert_text for item in result.items] == [expected["text"]]
+    item = result.items[0]
+    assert item.range == types.Range(start=HOLE, end=HOLE)
+    assert "\n" not in item.insert_text  # mid-line cursor: the middle is the rest of the line
+
+
+async def test_completion_fallback_has_the_same_middle(session) -> None:
+    client, _ = session
+    inline = await client.text_document_inline_completion_async(inline_params(HOLE))
+    result = await client.text_document_completion_async(
+        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=URI), position=HOLE)
+    )
+    assert len(result.items) == 1
+    assert result.items[0].text_edit.new_text == inline.items[0].insert_text
+
+
+async def test_incremental_change_then_complete(session, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    client, _ = session
+    # Type a non-ASCII string literal before the hole, then a second edit on another line.
+    edits = [
+        (types.Range(start=HOLE, end=HOLE), '"wörld 🌍" + '),
+        (
+            types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=9)),
+            "import sys",
+        ),
+    ]
+    for version, (where, text) in enumerate(edits, start=2):
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+                content_changes=[types.TextDocumentContentChangePartial(range=where, text=text)],
+            )
+        )
+    lines = SOURCE.split("\n")
+    lines[0] = "import sys"
+    lines[12] = lines[12][:25] + '"wörld 🌍" + ' + lines[12][25:]
+    edited = "\n".join(lines)
+    hole = types.Position(line=12, character=25 + len('"wörld 🌍" + '.encode("utf-16-le")) // 2)
+    result = await client.text_document_inline_completion_async(inline_params(hole))
+    expected = cli_complete(tiny_checkpoint, edited, hole, tmp_path)
+    assert [item.insert_text for item in result.items] == ([expected["text"]] if expected["text"] else [])
+
+
+async def test_cancel_request_answers_request_cancelled(session) -> None:
+    client, _ = session
+    pending = asyncio.ensure_future(
+        client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(HOLE), msg_id="to-cancel"
+        )
+    )
+    await asyncio.sleep(0.3)  # let the denoiser get going
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="to-cancel"))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await pending
+    # The server is still fine afterwards.
+    assert (await client.text_document_inline_completion_async(inline_params(HOLE))).items
+
+
+async def test_newer_request_supersedes_older_one(session) -> None:
+    client, _ = session
+    older = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(HOLE)))
+    await asyncio.sleep(0.3)
+    newer = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(HOLE)))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await older
+    assert (await newer).items
+
+
+async def test_binary_document_gets_no_items_and_a_message(session) -> None:
+    client, _ = session
+    uri = "file:///work/demo/blob.py"
+    open_doc(client, text="abc\x00\x01\x02def\n", uri=uri)
+    result = await client.text_document_inline_completion_async(
+        inline_params(types.Position(line=0, character=3), uri)
+    )
+    assert result.items == ()
+    await asyncio.sleep(0.1)
+    assert any(
+        "blob.py" in m.message or "binary" in m.message.lower() for m in client.messages + client.log_messages
+    )
+
+
+async def test_without_a_model_the_server_explains_and_stays_up(monkeypatch) -> None:
+    monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    client, result = await start(None)
+    assert result.capabilities.inline_completion_provider is not None
+    open_doc(client)
+    completion = await client.text_document_inline_completion_async(inline_params(HOLE))
+    assert completion.items == ()
+    await asyncio.sleep(0.1)
+    assert any("--model" in m.message for m in client.messages)
+    assert await stop(client) == 0
+
+
+async def test_corrupt_checkpoint_and_bad_options_are_reported(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    client, _ = await start({"modelPath": str(broken), "prefixTokens": "many"})
+    open_doc(client)
+    for _ in range(100):  # the model loads on the worker thread
+        if any(m.type == types.MessageType.Error for m in client.messages):
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.text_document_inline_completion_async(inline_params(HOLE))).items == ()
+    texts = [m.message for m in client.messages]
+    assert any("prefixTokens" in t for t in texts), texts
+    assert any(str(broken) in t for t in texts), texts
+    assert await stop(client) == 0

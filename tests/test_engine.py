@@ -1,0 +1,83 @@
+"""The engine's worker thread on the tiny checkpoint: states, latest-wins, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from dgemma_lsp.context import FimContext, SyntaxDocument
+from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete, load_model
+from dgemma_lsp.model.infill import Infiller
+
+SOURCE = "def add(a, b):\n    return a + \n"
+
+
+def hole() -> FimContext:
+    return SyntaxDocument(SOURCE, "python").context_at(1, 15)
+
+
+def started(path: str | None, **kwargs: object) -> tuple[Engine, list[EngineState], threading.Event]:
+    engine, states, settled = Engine(), [], threading.Event()
+
+    def on_state(state: EngineState, message: str) -> None:
+        states.append(state)
+        if state is not EngineState.LOADING:
+            settled.set()
+
+    engine.start(path, on_state=on_state, **kwargs)
+    assert settled.wait(60)
+    return engine, states, settled
+
+
+async def test_fill_matches_the_shared_completion_path(tiny_checkpoint: Path) -> None:
+    engine, states, _ = started(str(tiny_checkpoint), max_denoising_steps=4)
+    assert states == [EngineState.LOADING, EngineState.READY]
+    result = await engine.fill("a.py", hole(), seed=3)
+    direct = complete(Infiller(load_model(str(tiny_checkpoint), max_denoising_steps=4)), hole(), seed=3)
+    assert isinstance(result, Completion)
+    assert (result.text, result.raw, result.steps) == (direct.text, direct.raw, direct.steps)
+    assert result.steps <= 4 * 2  # a line middle of 48 tokens takes two canvases of 32
+    engine.close()
+
+
+async def test_newer_fill_for_the_same_document_supersedes_the_older(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint))
+    older = asyncio.ensure_future(engine.fill("a.py", hole(), seed=1))
+    other = asyncio.ensure_future(engine.fill("b.py", hole(), seed=1))  # another document: not affected
+    await asyncio.sleep(0.05)
+    newer = asyncio.ensure_future(engine.fill("a.py", hole(), seed=2))
+    with pytest.raises(Cancelled):
+        await older
+    assert isinstance(await newer, Completion)
+    assert isinstance(await other, Completion)
+    engine.close()
+
+
+async def test_cancelling_the_caller_stops_the_job(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint))
+    task = asyncio.ensure_future(engine.fill("a.py", hole(), seed=1))
+    await asyncio.sleep(0.1)
+    job = engine._latest["a.py"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job.cancel.is_set()  # the denoiser sees this before its next decoder pass
+    with pytest.raises(Cancelled):
+        job.future.result(timeout=30)
+    engine.close()
+
+
+def test_without_a_model_the_engine_refuses_politely() -> None:
+    engine, states, _ = started(None)
+    assert states == [EngineState.NO_MODEL] and not engine.accepting
+    with pytest.raises(RuntimeError, match="No model"):
+        asyncio.run(engine.fill("a.py", hole()))
+
+
+def test_a_broken_checkpoint_puts_the_engine_in_error(tmp_path: Path) -> None:
+    engine, states, _ = started(str(tmp_path / "missing"))
+    assert states[-1] is EngineState.ERROR and str(tmp_path / "missing") in engine.message
+    assert not engine.accepting
