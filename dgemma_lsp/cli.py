@@ -74,7 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
         ls.start_tcp(host or "127.0.0.1", int(port))
     else:
         ls.start_io()
-    return 0
+    # pygls swallows the SystemExit from `exit`; LSP says: 0 after a shutdown request, 1 without one.
+    return 0 if ls.protocol._shutdown else 1
 
 
 def _complete(args: argparse.Namespace) -> int:

@@ -1,0 +1,86 @@
+"""The CLI contract later checks rely on: `complete --json`, `doctor`, `--version`, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dgemma_lsp import __version__
+from dgemma_lsp.cli import main
+
+SOURCE = 'def greet(name):\n    message = "Hello, " + \n    print(message)\n'
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "greet.py"
+    path.write_text(SOURCE)
+    return path
+
+
+def test_version_runs_as_a_console_script() -> None:
+    out = subprocess.run(["dgemma-lsp", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"dgemma-lsp {__version__}"
+
+
+def test_complete_json_has_the_contract_fields(tiny_checkpoint: Path, source: Path, capsys) -> None:
+    argv = ["complete", str(source), "--line", "1", "--character", "25", "--model", str(tiny_checkpoint)]
+    assert main([*argv, "--seed", "3", "--max-denoising-steps", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"text", "range", "steps", "prefill_ms", "denoise_ms", "total_ms"} <= result.keys()
+    assert result["range"] == {"start": {"line": 1, "character": 25}, "end": {"line": 1, "character": 25}}
+    assert isinstance(result["text"], str) and "\n" not in result["text"]
+    assert 1 <= result["steps"] <= 3 * 2  # at most 3 passes per canvas, two canvases for a 48-token line
+    assert result["total_ms"] >= result["denoise_ms"] > 0
+    # Same seed, same middle; the plain form prints just the text.
+    assert main([*argv, "--seed", "3", "--max-denoising-steps", "3"]) == 0
+    assert capsys.readouterr().out == result["text"] + "\n"
+
+
+def test_complete_without_a_model_says_how_to_get_one(source: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    assert main(["complete", str(source), "--line", "0", "--character", "0"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_complete_rejects_binary_files(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    blob = tmp_path / "blob.py"
+    blob.write_bytes(b"\x00\x01\x02binary\n")
+    assert (
+        main(["complete", str(blob), "--line", "0", "--character", "1", "--model", str(tiny_checkpoint)]) == 2
+    )
+    assert "binary" in capsys.readouterr().err.lower()
+
+
+def test_complete_reports_a_corrupt_checkpoint(
+    tiny_checkpoint: Path, source: Path, tmp_path: Path, capsys
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert main(["complete", str(source), "--line", "0", "--character", "0", "--model", str(broken)]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_doctor_checks_everything(tiny_checkpoint: Path, capsys, monkeypatch) -> None:
+    assert main(["doctor", "--model", str(tiny_checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "[ok] model" in out and "[ok] tree-sitter" in out and "[ok] torch" in out
+    monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    assert main(["doctor"]) == 1
+    assert "[FAIL] model" in capsys.readouterr().out
+
+
+def test_server_prints_nothing_but_protocol_on_stdout() -> None:
+    """An `exit` with no session: the server must leave stdout empty (logs go to stderr)."""
+    body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
+    message = b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    out = subprocess.run(
+        [sys.executable, "-m", "dgemma_lsp", "--stdio", "-vv"], input=message, capture_output=True, timeout=60
+    )
+    assert out.stdout == b""
+    assert out.returncode == 1  # exit without shutdown is an error exit, as the LSP spec says
