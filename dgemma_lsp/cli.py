@@ -52,6 +52,39 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("doctor", parents=[common], help="check torch, CUDA, triton, tree-sitter and the model")
+
+    evaluate = sub.add_parser(
+        "eval", parents=[common], help="score infilling on task files (sandboxed pass@1)"
+    )
+    evaluate.add_argument(
+        "tasks", type=Path, nargs="+", help="HumanEval-Infilling or SantaCoder-FIM jsonl[.gz]"
+    )
+    evaluate.add_argument(
+        "--from-completions", type=Path, metavar="FILE", help="score these instead of generating"
+    )
+    evaluate.add_argument("--limit", type=int, help="score at most N tasks")
+    evaluate.add_argument("--every", type=int, default=1, metavar="K", help="take every K-th task")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--max-denoising-steps", type=int)
+    evaluate.add_argument(
+        "--oracle-length", action="store_true", help="give the model the true middle length"
+    )
+    evaluate.add_argument("--timeout", type=float, default=15.0, help="wall-clock seconds per program")
+    evaluate.add_argument("--out", type=Path, metavar="FILE", help="write per-task results as jsonl")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    replay = sub.add_parser("replay", parents=[common], help="replay typing against the server, two configs")
+    replay.add_argument("files", type=Path, nargs="+", help="source files to type in")
+    replay.add_argument(
+        "--config",
+        action="append",
+        metavar="NAME=JSON",
+        help="initializationOptions to compare, given twice "
+        '(default: base={} and fewer-steps={"maxDenoisingSteps": 12})',
+    )
+    replay.add_argument("--sites", type=int, default=3, help="edit sites per file")
+    replay.add_argument("--seed", type=int, default=0, help="seeds the typing script and the sampler")
+    replay.add_argument("--json", action="store_true")
     return parser
 
 
@@ -62,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return _complete(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "replay":
+        return _replay(args)
     return _serve(args)
 
 
@@ -133,6 +170,71 @@ def _complete(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dgemma_lsp import evaluate
+    from dgemma_lsp.sandbox import Limits
+
+    try:
+        tasks = [task for path in args.tasks for task in evaluate.read_tasks(path)]
+        completions = evaluate.read_completions(args.from_completions) if args.from_completions else None
+    except (OSError, ValueError) as exc:
+        print(f"dgemma-lsp: {exc}", file=sys.stderr)
+        return 2
+    generator = None
+    if completions is None:
+        model_path = args.model or os.environ.get(MODEL_ENV)
+        if not model_path:
+            print(
+                f"dgemma-lsp: no model: pass --model DIR, set ${MODEL_ENV}, or --from-completions",
+                file=sys.stderr,
+            )
+            return 2
+        generator = evaluate.Generator(model_path, args.device, args.max_denoising_steps, args.seed)
+    chosen = evaluate.select(tasks, args.limit, args.every)
+    results = list(
+        evaluate.evaluate(chosen, generator, completions, oracle_length=args.oracle_length,
+                          limits=Limits(wall_s=args.timeout))
+    )  # fmt: skip
+    if args.out:
+        evaluate.write_results(args.out, results)
+    summary = evaluate.summarize(results)
+    print(json.dumps(summary) if args.json else evaluate.format_report(summary))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from dgemma_lsp.replay import ratios, replay
+
+    configs: dict[str, dict] = {}
+    for spec in args.config or ["base={}", 'fewer-steps={"maxDenoisingSteps": 12}']:
+        name, _, options = spec.partition("=")
+        try:
+            configs[name] = {"seed": args.seed, **json.loads(options or "{}")}
+        except json.JSONDecodeError as exc:
+            print(f"dgemma-lsp: --config {spec}: {exc}", file=sys.stderr)
+            return 2
+    if len(configs) != 2:
+        print("dgemma-lsp: replay compares exactly two --config NAME=JSON", file=sys.stderr)
+        return 2
+    model = args.model or os.environ.get(MODEL_ENV)
+    summaries = asyncio.run(replay(configs, args.files, model=model, sites=args.sites, seed=args.seed))
+    report = {"configs": summaries, "latency_ratio": ratios(summaries)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for s in summaries:
+            p50, p95 = (f"{s[k]:.0f}" if s[k] is not None else "-" for k in ("p50_ms", "p95_ms"))
+            print(
+                f"{s['name']:<14} requests {s['requests']:>4}  p50 {p50:>6} ms  p95 {p95:>6} ms  "
+                f"cancelled {100 * (s['cancelled_fraction'] or 0):.0f}%  accepted {s['accepted']}"
+            )
+        ratio = {k: None if v is None else round(v, 2) for k, v in report["latency_ratio"].items()}
+        print(f"latency {summaries[0]['name']} / {summaries[1]['name']}: {ratio}")
     return 0
 
 

