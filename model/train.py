@@ -1,0 +1,436 @@
+"""Train the bundled small DiffusionGemma code model, from a clean checkout, offline.
+
+    python -m dgemma_lsp.model.train --out build/bundled --minutes 30            # CPU
+    python -m dgemma_lsp.model.train --out build/bundled --minutes 8 --device cuda
+
+Steps: corpus (the Python standard library plus installed packages whose licence allows redistributing
+derived weights; deduplicated; whole files held out) -> byte-level BPE tokenizer with FIM sentinels ->
+a small DiffusionGemma (transformers' own class, so every DiffusionGemma loader reads it) trained with the
+DiffusionGemma objective -> a Hugging Face folder (bf16 safetensors, tokenizer, generation config,
+corpus manifest). Training checkpoints are safetensors + JSON and resume with --resume.
+
+Objective (docs/DIFFUSIONGEMMA.md §4): the canvas follows a causal prompt; each canvas position is
+replaced by a uniform random token with probability t ~ U(0.001, 1); cross-entropy on the canvas;
+self-conditioning on half the examples (a first pass without it, its logits detached and fed back);
+plus the encoder's autoregressive loss on the prompt. Examples are plain continuations and FIM
+(prefix and suffix in the prompt with sentinels; the middle, then EOS, on the canvas), a quarter of the
+FIM ones with the suffix clamped into the canvas after the middle (clean, not scored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata as metadata
+import json
+import math
+import random
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_file, save_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
+
+PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+# Licences that allow redistributing weights derived from the code (no copyleft).
+PERMISSIVE = ("MIT", "BSD", "Apache", "PSF", "Python Software Foundation", "ISC", "Unlicense", "Zlib", "HPND")
+# Never train on evaluation data, or anything derived from it.
+BANNED_PATH_PARTS = ("humaneval", "human_eval", "mbpp", "santacoder", "apps_eval", "codecontests")
+MAX_FILE_BYTES = 200_000
+MAX_PACKAGE_BYTES = 3_000_000  # so one big package does not dominate
+
+
+@dataclass(frozen=True)
+class Size:
+    """Model shape. `small` is the bundled model; `toy` is for smoke tests."""
+
+    vocab: int = 8192
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    head_dim: int = 64
+    experts: int = 4
+    expert_width: int = 256
+    mlp_width: int = 512
+    window: int = 128
+    canvas: int = 32
+    prompt: int = 192
+
+
+SIZES = {
+    "small": Size(),
+    "toy": Size(
+        vocab=512,
+        hidden=32,
+        layers=2,
+        heads=2,
+        head_dim=16,
+        experts=2,
+        expert_width=32,
+        mlp_width=64,
+        window=16,
+        canvas=16,
+        prompt=32,
+    ),  # fmt: skip
+}
+
+
+# --- corpus ---------------------------------------------------------------------------------------------
+
+
+def _licence(dist: metadata.Distribution) -> str | None:
+    meta = dist.metadata
+    candidates = [meta.get("License-Expression") or "", meta.get("License") or ""]
+    candidates += [
+        c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License")
+    ]
+    for text in candidates:
+        if len(text) < 200 and any(name.lower() in text.lower() for name in PERMISSIVE):
+            if "GPL" not in text:
+                return text.strip()
+    return None
+
+
+def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str, object]]]:
+    """[(source name, text)] deduplicated by content, and the manifest (package, version, licence, files)."""
+    sources: list[tuple[str, str, str, list[Path]]] = []
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    stdlib_files = [
+        p for p in sorted(stdlib.rglob("*.py")) if not {"site-packages", "test", "tests"} & set(p.parts)
+    ]
+    sources.append(("python-stdlib", sys.version.split()[0], "PSF-2.0", stdlib_files))
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        name = dist.metadata["Name"]
+        licence = _licence(dist)
+        if not name or licence is None or name.replace("_", "-") == "dgemma-lsp":
+            continue
+        files = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".py")]
+        sources.append((name, dist.version, licence, sorted(files)))
+
+    seen: set[str] = set()
+    corpus: list[tuple[str, str]] = []
+    manifest: list[dict[str, object]] = []
+    total = 0
+    for name, version, licence, files in sources:
+        count = used = 0
+        for path in files:
+            if any(part in str(path).lower() for part in BANNED_PATH_PARTS):
+                continue
+            try:
+                if path.stat().st_size > MAX_FILE_BYTES:
+                    continue
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            digest = hashlib.sha1(text.strip().encode()).hexdigest()
+            if len(text) < 200 or digest in seen or used > MAX_PACKAGE_BYTES or total > max_bytes:
+                continue
+            seen.add(digest)
+            corpus.append((f"{name}/{path.name}", text))
+            count += 1
+            used += len(text)
+            total += len(text)
+        if count:
+            manifest.append({"package": name, "version": version, "licence": licence, "files": count})
+    return corpus, manifest
+
+
+def split_heldout(corpus: list[tuple[str, str]], every: int = 50) -> tuple[list[str], list[str]]:
+    """Whole files by a hash of their content: the same split on every machine."""
+    train, heldout = [], []
+    for _, text in corpus:
+        bucket = int(hashlib.sha1(text.encode()).hexdigest(), 16) % every
+        (heldout if bucket == 0 else train).append(text)
+    return train, heldout
+
+
+# --- tokenizer and model --------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str], vocab: int) -> PreTrainedTokenizerFast:
+    specials = [PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    filler = [f"<unused{i}>" for i in range(vocab - tok.get_vocab_size())]
+    if filler:  # every id the canvas can hold must decode
+        tok.add_special_tokens(filler)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        extra_special_tokens=[FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE],
+    )  # fmt: skip
+
+
+def make_config(size: Size) -> DiffusionGemmaConfig:
+    text_config = {
+        "vocab_size": size.vocab,
+        "hidden_size": size.hidden,
+        "intermediate_size": size.mlp_width,
+        "num_hidden_layers": size.layers,
+        "layer_types": ["sliding_attention"] * (size.layers - 1) + ["full_attention"],
+        "num_attention_heads": size.heads,
+        "num_key_value_heads": max(1, size.heads // 2),
+        "head_dim": size.head_dim,
+        "global_head_dim": 2 * size.head_dim,
+        "num_global_key_value_heads": 1,
+        "num_experts": size.experts,
+        "top_k_experts": 2,
+        "moe_intermediate_size": size.expert_width,
+        "sliding_window": size.window,
+        "max_position_embeddings": 8192,
+        "use_bidirectional_attention": "vision",
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
+    # The vision tower is never used for code, but the class builds one: keep it minute.
+    vision_config = {
+        "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "position_embedding_size": 64,
+    }  # fmt: skip
+    return DiffusionGemmaConfig(
+        text_config=text_config, vision_config=vision_config, canvas_length=size.canvas
+    )
+
+
+# --- examples -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    prompt: torch.Tensor  # [B, P] causal context (encoder)
+    canvas: torch.Tensor  # [B, C] clean targets
+    scored: torch.Tensor  # [B, C] bool: positions in the loss (clamped suffix positions are not)
+
+
+class Examples:
+    """Fixed-shape examples cut from the tokenized training files (no padding in the prompt)."""
+
+    def __init__(self, files: list[list[int]], size: Size, ids: dict[str, int], rng: random.Random) -> None:
+        self.files = [f for f in files if len(f) > size.prompt + size.canvas]
+        self.size, self.ids, self.rng = size, ids, rng
+        if not self.files:
+            raise ValueError("no training file is long enough for one example")
+
+    def one(self) -> tuple[list[int], list[int], list[bool]]:
+        s, ids, rng = self.size, self.ids, self.rng
+        tokens = rng.choice(self.files)
+        if rng.random() < 0.3:  # plain continuation: prompt, then the next canvas of tokens
+            start = rng.randrange(len(tokens) - s.prompt - s.canvas)
+            window = tokens[start : start + s.prompt + s.canvas]
+            return window[: s.prompt], window[s.prompt :], [True] * s.canvas
+        # FIM: middle of 1..canvas-1 tokens, then EOS; prefix and suffix fill the prompt around sentinels.
+        budget = s.prompt - 4
+        middle_len = rng.choice([rng.randint(1, 8), rng.randint(1, s.canvas - 1)])
+        start = rng.randrange(1, len(tokens) - middle_len)
+        middle = tokens[start : start + middle_len]
+        prefix_len = rng.randint(budget // 4, budget)
+        prefix = tokens[max(0, start - prefix_len) : start]
+        suffix = tokens[start + middle_len : start + middle_len + budget - len(prefix)]
+        prefix = [ids[PAD]] * (budget - len(prefix) - len(suffix)) + prefix  # rare: short file
+        prompt = [ids[BOS], ids[FIM_PREFIX], *prefix, ids[FIM_SUFFIX], *suffix, ids[FIM_MIDDLE]]
+        canvas = [*middle, ids[EOS]]
+        scored = [True] * len(canvas)
+        free = s.canvas - len(canvas)
+        if rng.random() < 0.25 and free > 1:  # clamped suffix: a few pad slots, then the suffix, kept clean
+            gap = rng.randint(0, min(4, free - 1))
+            canvas += [ids[PAD]] * gap
+            scored += [True] * gap
+            clamp = suffix[: s.canvas - len(canvas)]
+            canvas += clamp
+            scored += [False] * len(clamp)
+        scored += [True] * (s.canvas - len(canvas))
+        canvas += [ids[PAD]] * (s.canvas - len(canvas))
+        return prompt, canvas, scored
+
+    def batch(self, n: int, device: torch.device) -> Batch:
+        rows = [self.one() for _ in range(n)]
+        return Batch(
+            prompt=torch.tensor([r[0] for r in rows], device=device),
+            canvas=torch.tensor([r[1] for r in rows], device=device),
+            scored=torch.tensor([r[2] for r in rows], device=device),
+        )
+
+
+# --- training -------------------------------------------------------------------------------------------
+
+
+def diffusion_loss(
+    model: DiffusionGemmaForBlockDiffusion, batch: Batch, generator: torch.Generator
+) -> torch.Tensor:
+    canvas, vocab = batch.canvas, model.config.text_config.vocab_size
+    b, c = canvas.shape
+    t = torch.rand(b, 1, generator=generator, device=canvas.device) * 0.999 + 0.001
+    noise = torch.randint(0, vocab, canvas.shape, generator=generator, device=canvas.device)
+    noised = (torch.rand(b, c, generator=generator, device=canvas.device) < t) & batch.scored
+    noisy = torch.where(noised, noise, canvas)
+    self_cond = torch.rand(b, generator=generator, device=canvas.device) < 0.5
+    sc_logits = None
+    if self_cond.any():  # first pass without self-conditioning; its logits condition the second
+        with torch.no_grad():
+            sc_logits = model(input_ids=batch.prompt, decoder_input_ids=noisy).logits
+    out = model(
+        input_ids=batch.prompt,
+        decoder_input_ids=noisy,
+        self_conditioning_logits=sc_logits,
+        self_conditioning_mask=self_cond if sc_logits is not None else None,
+    )
+    canvas_loss = F.cross_entropy(out.logits[batch.scored], canvas[batch.scored])
+    # The encoder's own next-token loss on the prompt (the reference trains it too).
+    hidden = out.encoder_last_hidden_state[:, :-1]
+    ar_logits = model.lm_head(hidden).float()
+    ar_logits = torch.tanh(ar_logits / 30.0) * 30.0
+    ar_loss = F.cross_entropy(ar_logits.reshape(-1, vocab), batch.prompt[:, 1:].reshape(-1))
+    return canvas_loss + 0.5 * ar_loss
+
+
+def save_training_state(
+    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / "model.safetensors"))  # handles the tied encoder/decoder weights
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {
+        f"{names[id(p)]}::{k}": v for p, s in optim.state.items() for k, v in s.items() if torch.is_tensor(v)
+    }
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "optimizer.safetensors")
+    (folder / "state.json").write_text(json.dumps({"step": step}))
+
+
+def load_training_state(folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer) -> int:
+    load_model(model, str(folder / "model.safetensors"))
+    params = dict(model.named_parameters())
+    for key, value in load_file(folder / "optimizer.safetensors").items():
+        name, field = key.split("::")
+        optim.state[params[name]][field] = value.to(params[name].device)
+    return int(json.loads((folder / "state.json").read_text())["step"])
+
+
+def progress(step: int, total: int, loss: float, started: float) -> None:
+    done = step / total
+    bar = "#" * int(30 * done)
+    eta = (time.perf_counter() - started) / max(done, 1e-9) * (1 - done)
+    print(f"\r[{bar:<30}] {step}/{total} loss {loss:.3f} eta {eta / 60:.1f} min", end="", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dgemma_lsp.model.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, required=True, help="final Hugging Face folder")
+    parser.add_argument(
+        "--work", type=Path, help="tokenizer, corpus manifest and checkpoints (default: OUT.work)"
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--steps", type=int, default=100_000, help="stop after this many steps ...")
+    parser.add_argument("--minutes", type=float, default=None, help="... or after this much training time")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--corpus-mb", type=float, default=60.0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    size, device = SIZES[args.size], torch.device(args.device)
+    work = args.work or args.out.with_name(args.out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+
+    corpus, manifest = collect_corpus(int(args.corpus_mb * 1e6))
+    train_texts, heldout = split_heldout(corpus)
+    (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout))
+    print(
+        f"corpus: {len(corpus)} files from {len(manifest)} packages; {len(heldout)} held out", file=sys.stderr
+    )
+    tokenizer_dir = work / "tokenizer"
+    if args.resume and (tokenizer_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    else:
+        tokenizer = train_tokenizer(train_texts, size.vocab)
+        tokenizer.save_pretrained(tokenizer_dir)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
+    encoded = [tokenizer.encode(t, add_special_tokens=False) for t in train_texts]
+    examples = Examples(encoded, size, ids, rng)
+
+    model = DiffusionGemmaForBlockDiffusion(make_config(size)).to(device).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    step = load_training_state(work / "checkpoint", model, optim) if args.resume else 0
+    generator = torch.Generator(device=device).manual_seed(args.seed + step)
+    warmup, started, deadline = 100, time.perf_counter(), None
+    if args.minutes is not None:
+        deadline = time.perf_counter() + 60 * args.minutes
+    total = args.steps
+    losses: list[float] = []
+    while step < total and (deadline is None or time.perf_counter() < deadline):
+        lr_scale = min(1.0, (step + 1) / warmup)
+        if deadline is None:  # cosine decay needs a known end; time-boxed runs decay by elapsed time
+            lr_scale *= 0.5 * (1 + math.cos(math.pi * step / total))
+        else:
+            lr_scale *= 0.5 * (
+                1 + math.cos(math.pi * min(1.0, (time.perf_counter() - started) / (deadline - started)))
+            )
+        for group in optim.param_groups:
+            group["lr"] = args.lr * max(lr_scale, 0.05)
+        loss = diffusion_loss(model, examples.batch(args.batch, device), generator)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        step += 1
+        losses.append(loss.item())
+        progress(
+            step, total if deadline is None else max(step, 1), sum(losses[-50:]) / len(losses[-50:]), started
+        )
+        if step % args.checkpoint_every == 0:
+            save_training_state(work / "checkpoint", model, optim, step)
+    print(file=sys.stderr)
+    save_training_state(work / "checkpoint", model, optim, step)
+    recent = losses[-50:] or [float("nan")]
+    export(model, tokenizer, args.out, manifest, {
+        "steps": step, "batch": args.batch, "device": str(device), "size": args.size,
+        "minutes": round((time.perf_counter() - started) / 60, 1), "final_loss": sum(recent) / len(recent),
+    })  # fmt: skip
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def export(
+    model: DiffusionGemmaForBlockDiffusion,
+    tokenizer: PreTrainedTokenizerFast,
+    out: Path,
+    manifest: list[dict[str, object]],
+    training: dict[str, object],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to("cpu", torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    generation = {
+        "max_denoising_steps": 16,
+        "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
+        "t_min": 0.4, "t_max": 0.8, "stability_threshold": 1, "confidence_threshold": 0.005,
+        "max_new_tokens": model.config.canvas_length,
+        "bos_token_id": 2, "eos_token_id": [1], "pad_token_id": 0,
+    }  # fmt: skip
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    (out / "corpus_manifest.json").write_text(
+        json.dumps({"packages": manifest, "training": training}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

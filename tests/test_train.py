@@ -1,0 +1,63 @@
+"""The bundled-model recipe end to end at toy size: corpus, tokenizer, training, resume, HF export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dgemma_lsp.model.checkpoint import load_checkpoint
+from dgemma_lsp.model.infill import Infiller
+from dgemma_lsp.model.prompt import has_fim_tokens
+from dgemma_lsp.model.train import BANNED_PATH_PARTS, SIZES, Examples, collect_corpus, main, split_heldout
+
+
+def test_corpus_is_permissive_deduplicated_and_split() -> None:
+    corpus, manifest = collect_corpus(2_000_000)
+    texts = [text for _, text in corpus]
+    assert len(set(texts)) == len(texts)
+    assert manifest[0]["package"] == "python-stdlib"
+    assert all("GPL" not in str(m["licence"]) for m in manifest)
+    assert not any(part in name.lower() for name, _ in corpus for part in BANNED_PATH_PARTS)
+    train, heldout = split_heldout(corpus)
+    assert heldout and train and not set(train) & set(heldout)
+
+
+def test_examples_have_fixed_shapes_and_fim_layout() -> None:
+    import random
+
+    size = SIZES["toy"]
+    ids = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
+    batch = Examples([list(range(6, 400))], size, ids, random.Random(0)).batch(64, torch.device("cpu"))
+    assert batch.prompt.shape == (64, size.prompt) and batch.canvas.shape == (64, size.canvas)
+    fim = batch.prompt[:, 1] == 3
+    assert fim.any() and (~fim).any()  # both FIM and plain continuation examples
+    assert (batch.prompt[fim, -1] == 5).all() and (batch.canvas[fim] == 1).any(
+        dim=1
+    ).all()  # middle ends in EOS
+    assert (~batch.scored).any()  # some canvases carry a clamped suffix that is not scored
+
+
+def test_train_resume_and_load(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    common = [
+        "--out",
+        str(out),
+        "--size",
+        "toy",
+        "--corpus-mb",
+        "1",
+        "--batch",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ]
+    assert main([*common, "--steps", "2"]) == 0
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    info = json.loads((out / "corpus_manifest.json").read_text())
+    assert info["training"]["steps"] == 3 and info["packages"]
+    loaded = load_checkpoint(out)  # the same loader the server uses
+    assert loaded.canvas_length == SIZES["toy"].canvas and has_fim_tokens(loaded.tokenizer)
+    fill = Infiller(loaded).fill("def f(x):\n    return ", "\n", max_new_tokens=8, seed=0)
+    assert fill.steps >= 1
