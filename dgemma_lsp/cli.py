@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
         "--model", metavar="DIR", help=f"DiffusionGemma checkpoint folder (default: ${MODEL_ENV})"
     )
     common.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    common.add_argument(
+        "--backend",
+        choices=("fast", "reference"),
+        help="fast (default): our denoiser; reference: transformers",
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v, -vv)")
     common.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")
 
@@ -85,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--sites", type=int, default=3, help="edit sites per file")
     replay.add_argument("--seed", type=int, default=0, help="seeds the typing script and the sampler")
     replay.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", parents=[common], help="time the reference and fast backends")
+    bench.add_argument("--prompt-tokens", type=int, default=512, help="random prompt length (default 512)")
+    bench.add_argument("--steps", type=int, help="denoising steps per canvas (default: the checkpoint's)")
+    bench.add_argument("--repeats", type=int, default=3, help="interleaved runs per backend (median)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    bench.add_argument("--random-weights", action="store_true", help="random weights of --config, no model")
+    bench.add_argument("--config", default="diffusiongemma-26b-a4b", help="named config for --random-weights")
+    bench.add_argument("--layers", type=int, help="with --random-weights: only the first N layers")
+    bench.add_argument("--fp8-experts", action="store_true", help="fast backend: experts held in FP8 (e4m3)")
+    bench.add_argument("--json", metavar="FILE", type=Path, help="also write the results as JSON")
     return parser
 
 
@@ -99,13 +115,43 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "bench":
+        return _bench(args)
     return _serve(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from dgemma_lsp.model.bench import BACKENDS, format_report, measure, setup
+    from dgemma_lsp.model.checkpoint import ModelLoadError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        s = setup(
+            args.model or os.environ.get(MODEL_ENV),
+            device=args.device,
+            backends=(args.backend,) if args.backend else BACKENDS,
+            random_weights=args.random_weights,
+            config=args.config,
+            layers=args.layers,
+            fp8_experts=args.fp8_experts,
+        )
+    except (ModelLoadError, ValueError) as exc:
+        print(f"dgemma-lsp: {exc}", file=sys.stderr)
+        return 2
+    report = measure(s, prompt_tokens=args.prompt_tokens, steps=args.steps, repeats=args.repeats)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from dgemma_lsp.server import create_server  # torch and transformers load here, not for --version
 
-    ls = create_server(model=args.model, device=args.device)
+    ls = create_server(model=args.model, device=args.device, backend=args.backend)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         ls.start_tcp(host or "127.0.0.1", int(port))
@@ -133,7 +179,7 @@ def _complete(args: argparse.Namespace) -> int:
         return 2
     try:
         start = time.perf_counter()
-        loaded = load_model(model_path, args.device, args.max_denoising_steps)
+        loaded = load_model(model_path, args.device, args.max_denoising_steps, args.backend or "fast")
         load_ms = (time.perf_counter() - start) * 1000
     except ModelLoadError as exc:
         print(f"dgemma-lsp: {exc}", file=sys.stderr)
@@ -153,12 +199,13 @@ def _complete(args: argparse.Namespace) -> int:
         print(result.text)
         return 0
     position = doc.position_at(doc.offset_at(args.line, args.character))
-    where = {"line": position.line, "character": position.character}
+    cursor = {"line": position.line, "character": position.character}
+    end = {"line": position.line, "character": position.character + result.replace}  # auto-closed chars
     print(
         json.dumps(
             {
                 "text": result.text,
-                "range": {"start": where, "end": where},
+                "range": {"start": cursor, "end": end},
                 "scope": ctx.scope,
                 "steps": result.steps,
                 "prefill_ms": round(result.prefill_ms, 2),
@@ -289,7 +336,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
         try:
             start = time.perf_counter()
-            loaded = load_model(model_path, args.device)
+            loaded = load_model(model_path, args.device, backend=args.backend or "fast")
             seconds = time.perf_counter() - start
             report(
                 "model",

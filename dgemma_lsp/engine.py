@@ -1,8 +1,9 @@
-"""The model's worker thread: loads the checkpoint, then runs one completion at a time.
+"""The model's worker thread: loads the checkpoint, then runs one job at a time.
 
-Handlers on the asyncio loop `await engine.fill(...)`. Each job carries a cancel flag that the
-denoiser checks before every decoder pass; a newer job for the same document sets the older
-job's flag (latest-wins: Neovim never cancels superseded requests itself).
+Handlers on the asyncio loop `await engine.fill(...)` (or `run` for any work on the model). Each job
+carries a cancel flag that the denoiser checks before every decoder pass; a newer job for the same
+document sets the older job's flag (latest-wins: Neovim never cancels superseded requests itself).
+Background jobs (speculative completions) give way to every foreground job.
 """
 
 from __future__ import annotations
@@ -18,16 +19,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from dgemma_lsp.context import FimContext
 from dgemma_lsp.model.checkpoint import LoadedModel, ModelLoadError, load_checkpoint
 from dgemma_lsp.model.denoise import Cancelled
-from dgemma_lsp.model.infill import Infiller
-from dgemma_lsp.postprocess import finish_middle
+from dgemma_lsp.model.infill import CanvasMode, Infiller
+from dgemma_lsp.model.load import load_fast
+from dgemma_lsp.model.prompt import PromptMode
+from dgemma_lsp.postprocess import Indentation, finish
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Cancelled", "Completion", "Engine", "EngineState", "complete", "load_model"]
+
+
+WARMUP_STEPS = 2  # decoder passes of the warm-up fill: enough to touch every kernel once
+
+Work = Callable[[Infiller, Callable[[], bool]], Any]  # (infiller, cancelled) -> result, on the worker thread
+Backend = Literal["fast", "reference"]  # our compact denoiser, or transformers' model
 
 
 class EngineState(enum.StrEnum):
@@ -45,6 +55,8 @@ class Completion:
     prefill_ms: float
     denoise_ms: float
     total_ms: float
+    replace: int = 0  # UTF-16 units right of the cursor that `text` replaces (auto-closed brackets/quotes)
+    seed: int = 0
 
 
 def complete(
@@ -54,44 +66,56 @@ def complete(
     seed: int | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     max_prompt_tokens: int | None = None,
+    indentation: Indentation | None = None,
+    max_lines: int | None = None,
+    key: str = "",
 ) -> Completion:
-    """One middle for one cursor context: the path shared by the server and `dgemma-lsp complete`."""
+    """One middle for one cursor context: the path shared by the server and `dgemma-lsp complete`.
+
+    `key` names the document, so the fast backend can reuse what it encoded for it last time.
+    """
     start = time.perf_counter()
+    seed = random.randrange(2**31) if seed is None else seed
     fill = infiller.fill(
         ctx.prefix,
         ctx.suffix,
         max_new_tokens=ctx.max_middle_tokens,
-        seed=random.randrange(2**31) if seed is None else seed,
+        seed=seed,
         language=ctx.language,
         cancelled=cancelled,
         max_prompt_tokens=max_prompt_tokens,
+        key=key,
     )
-    text = finish_middle(fill.text, ctx)
+    found = finish(fill.text, ctx, indentation=indentation, max_lines=max_lines)
     return Completion(
-        text=text,
+        text=found.text if found is not None else "",
         raw=fill.text,
         steps=fill.steps,
         prefill_ms=fill.prefill_ms,
         denoise_ms=fill.denoise_ms,
         total_ms=(time.perf_counter() - start) * 1000,
+        replace=found.replace if found is not None else 0,
+        seed=seed,
     )
 
 
-def load_model(path: str, device: str | None = None, max_denoising_steps: int | None = None) -> LoadedModel:
-    """The checkpoint at `path`, with the step budget overridden when one is given."""
-    loaded = load_checkpoint(path, device=device)
+def load_model(
+    path: str, device: str | None = None, max_denoising_steps: int | None = None, backend: Backend = "fast"
+) -> LoadedModel:
+    """The checkpoint at `path` for `backend`, with the step budget overridden when one is given."""
+    loaded = load_fast(path, device=device) if backend == "fast" else load_checkpoint(path, device=device)
     if max_denoising_steps is not None:
         loaded.settings = dataclasses.replace(loaded.settings, max_denoising_steps=max_denoising_steps)
     return loaded
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared and hashed by identity
 class _Job:
     key: str
-    ctx: FimContext
-    seed: int | None
+    work: Work
+    background: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future[Completion] = field(default_factory=Future)
+    future: Future[Any] = field(default_factory=Future)
 
 
 class Engine:
@@ -104,8 +128,12 @@ class Engine:
         self.max_prompt_tokens = max_prompt_tokens
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._latest: dict[str, _Job] = {}
+        self._background: set[_Job] = set()
         self._thread: threading.Thread | None = None
         self._on_state: Callable[[EngineState, str], None] = lambda state, message: None
+        self._prompt_mode: PromptMode = "auto"
+        self._backend: Backend = "fast"
+        self._canvas_mode: CanvasMode = "plain"
 
     def start(
         self,
@@ -113,10 +141,15 @@ class Engine:
         device: str | None = None,
         max_denoising_steps: int | None = None,
         on_state: Callable[[EngineState, str], None] | None = None,
+        prompt_mode: PromptMode = "auto",
+        backend: Backend = "fast",
+        canvas_mode: CanvasMode = "plain",
     ) -> None:
         """Begin loading `model_path` in the background; with no path, stay in NO_MODEL."""
         if on_state is not None:
             self._on_state = on_state
+        self._prompt_mode = prompt_mode
+        self._backend, self._canvas_mode = backend, canvas_mode
         if model_path is None:
             self._set_state(EngineState.NO_MODEL, self.message)
             return
@@ -139,25 +172,58 @@ class Engine:
 
         Raises Cancelled when superseded; cancelling the awaiting task stops the job at its next step.
         """
+        return await self.run(
+            key,
+            lambda infiller, cancelled: complete(
+                infiller,
+                ctx,
+                seed=seed,
+                cancelled=cancelled,
+                max_prompt_tokens=self.max_prompt_tokens,
+                key=key,
+            ),
+        )
+
+    async def run(self, key: str, work: Work, *, background: bool = False) -> Any:
+        """Queue `work(infiller, cancelled)` for document `key` and await its result.
+
+        A foreground job supersedes the older foreground job of the same document and every background
+        job. A background job supersedes nothing. Raises Cancelled when superseded.
+        """
         if not self.accepting:
             raise RuntimeError(self.message)
-        job = _Job(key, ctx, seed)
-        previous = self._latest.get(key)
-        if previous is not None:
-            previous.cancel.set()
-        self._latest[key] = job
+        job = _Job(key, work, background)
+        if background:
+            self._background.add(job)
+        else:
+            for stale in [self._latest.get(key), *self._background]:
+                if stale is not None:
+                    stale.cancel.set()
+            self._latest[key] = job
         self._jobs.put(job)
         try:
             return await asyncio.wrap_future(job.future)
         finally:
             job.cancel.set()  # no-op when finished; stops the worker when our caller was cancelled
+            self._background.discard(job)
             if self._latest.get(key) is job:
                 del self._latest[key]
 
+    @property
+    def idle(self) -> bool:
+        """No foreground job queued or running."""
+        return not self._latest
+
     def close(self) -> None:
-        for job in list(self._latest.values()):
+        for job in [*self._latest.values(), *self._background]:
             job.cancel.set()
         self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        """After `close`: wait for the worker thread to end, then let go of the model."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.loaded = None
 
     def _set_state(self, state: EngineState, message: str) -> None:
         self.state, self.message = state, message
@@ -173,13 +239,7 @@ class Engine:
                     raise RuntimeError(self.message)
                 if job.cancel.is_set():
                     raise Cancelled()
-                result = complete(
-                    infiller,
-                    job.ctx,
-                    seed=job.seed,
-                    cancelled=job.cancel.is_set,
-                    max_prompt_tokens=self.max_prompt_tokens,
-                )
+                result = job.work(infiller, job.cancel.is_set)
             except Cancelled as exc:
                 job.future.set_exception(exc)
             except Exception as exc:
@@ -191,8 +251,8 @@ class Engine:
     def _load(self, model_path: str, device: str | None, max_denoising_steps: int | None) -> Infiller | None:
         start = time.perf_counter()
         try:
-            self.loaded = load_model(model_path, device, max_denoising_steps)
-            infiller = Infiller(self.loaded)
+            self.loaded = load_model(model_path, device, max_denoising_steps, self._backend)
+            infiller = Infiller(self.loaded, prompt_mode=self._prompt_mode, canvas_mode=self._canvas_mode)
         except ModelLoadError as exc:
             self._set_state(EngineState.ERROR, str(exc))
             return None
@@ -201,8 +261,32 @@ class Engine:
             self._set_state(EngineState.ERROR, f"Could not load the model from {model_path}: {exc}")
             return None
         self._set_state(
+            EngineState.LOADING, f"Warming up {self.loaded.path.name} on {self.loaded.device} ..."
+        )
+        try:
+            _warm_up(infiller)
+        except Exception as exc:  # the model loaded but cannot run: same as a failed load
+            log.exception("warming up the model failed")
+            self._set_state(EngineState.ERROR, f"The model from {model_path} fails to run: {exc}")
+            return None
+        self._set_state(
             EngineState.READY,
             f"Model {self.loaded.path.name} ready on {self.loaded.device} "
             f"({time.perf_counter() - start:.1f} s to load).",
         )
         return infiller
+
+
+def _warm_up(infiller: Infiller) -> None:
+    """One short fill cut after a few decoder passes, so the first real request pays no first-call costs."""
+    passes = 0
+
+    def enough() -> bool:
+        nonlocal passes
+        passes += 1
+        return passes > WARMUP_STEPS
+
+    try:
+        infiller.fill("def add(a, b):\n    return ", "\n", max_new_tokens=8, seed=0, cancelled=enough)
+    except Cancelled:
+        pass

@@ -1,4 +1,4 @@
-"""Server settings: initializationOptions (camelCase JSON) onto one typed struct.
+"""Server settings: initializationOptions and didChangeConfiguration (camelCase JSON) onto one struct.
 
 Invalid options never stop the server: `parse_options` falls back to the defaults and returns
 the problem so the server can tell the user (window/showMessage + log).
@@ -7,11 +7,12 @@ the problem so the server can tell the user (window/showMessage + log).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 MODEL_ENV = "DGEMMA_MODEL"
+MAX_CANDIDATES = 5
 
 
 class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=False):
@@ -25,12 +26,24 @@ class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_field
     suffix_tokens: int = 512
     line_middle_tokens: int = 48
     block_middle_tokens: int = 256
+    infilling_mode: Literal["auto", "fim", "chat", "plain"] = "auto"  # the prompt form
+    backend: Literal["fast", "reference"] = "fast"  # our compact denoiser, or transformers' model
+    canvas_mode: Literal["plain", "clamped", "lengths"] = "plain"  # the suffix in the canvas too (fast only)
+    enable: dict[str, bool] = msgspec.field(default_factory=dict)  # languageId (or "*") -> complete or not
+    max_lines: int = 20  # longest block suggestion, in lines
+    debounce_ms: int | None = None  # None: adaptive, from the typing rate
+    candidates: int = 3  # items for an invoked request
+    speculate: bool = True  # precompute what follows an accepted suggestion while idle
 
     def __post_init__(self) -> None:
         for field in msgspec.structs.fields(self):
             value = getattr(self, field.name)
             if field.name in _POSITIVE and value is not None and value < 1:
                 raise msgspec.ValidationError(f"`{field.encode_name}` must be >= 1, got {value}")
+        if self.debounce_ms is not None and self.debounce_ms < 0:
+            raise msgspec.ValidationError(f"`debounceMs` must be >= 0, got {self.debounce_ms}")
+        if self.candidates > MAX_CANDIDATES:
+            raise msgspec.ValidationError(f"`candidates` must be <= {MAX_CANDIDATES}, got {self.candidates}")
 
 
 _POSITIVE = {
@@ -39,16 +52,20 @@ _POSITIVE = {
     "suffix_tokens",
     "line_middle_tokens",
     "block_middle_tokens",
+    "max_lines",
+    "candidates",
 }
+# Changing these reloads the model.
+MODEL_FIELDS = ("model_path", "device", "max_denoising_steps", "infilling_mode", "backend", "canvas_mode")
 
 
-def parse_options(raw: Any) -> tuple[Options, str | None]:
-    """Options from initializationOptions. Invalid keys are dropped (the rest still apply) and reported."""
+def parse_options(raw: Any, source: str = "initializationOptions") -> tuple[Options, str | None]:
+    """Options from a settings object. Invalid keys are dropped (the rest still apply) and reported."""
     if raw is None:
         return Options(), None
     if not isinstance(raw, dict):
         kind = type(raw).__name__
-        return Options(), f"initializationOptions must be an object, got {kind}; using the defaults."
+        return Options(), f"{source} must be an object, got {kind}; using the defaults."
     valid, problems = {}, []
     for key, value in raw.items():
         try:
@@ -57,7 +74,7 @@ def parse_options(raw: Any) -> tuple[Options, str | None]:
             problems.append(str(exc))
         else:
             valid[key] = value
-    problem = f"Ignored invalid initializationOptions: {'; '.join(problems)}." if problems else None
+    problem = f"Ignored invalid {source}: {'; '.join(problems)}." if problems else None
     return msgspec.convert(valid, Options), problem
 
 

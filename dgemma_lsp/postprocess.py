@@ -1,45 +1,294 @@
-"""From the model's raw middle to the text we insert: cut at the scope end and where it repeats the suffix.
+"""From the model's raw middle to the suggestion we show. No torch here: strings, the FimContext, tree-sitter.
 
-No torch here; everything works on strings and the FimContext from the context step.
+`finish` runs the filters users notice when they are missing (EDITOR-ANCHORS.md section 3): cut to the
+scope from the context step, cut where the middle runs into the code after the cursor, reject what only
+repeats it, reject whitespace and degenerate repetition, replace auto-closed brackets and quotes instead of
+duplicating them, and re-indent to the document's style. `rank` orders candidates by how well they parse.
 """
 
 from __future__ import annotations
 
-from dgemma_lsp.context import FimContext, indent_width
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from dgemma_lsp.context import TAB_WIDTH, FimContext, SyntaxDocument, indent_width
+
+_CLOSING = {"(": ")", "[": "]", "{": "}"}
+# What an auto-pair plugin leaves right of the cursor: closing brackets/quotes, maybe `;`, `,` or `:`.
+_AUTO_CLOSED_TAIL = re.compile(r"[)\]}\"'`;,:\s]*")
+# A unit of 1-12 characters repeated 10+ times in a row: the sampler got stuck (`foo(foo(foo(...`, `aaaa...`).
+_STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
+_LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
 
 
-def _first_suffix_line(ctx: FimContext) -> str | None:
-    """The first non-blank line after the cursor line: where a repeated suffix would start."""
-    for line in ctx.suffix.splitlines()[1:]:
-        if line.strip():
-            return line.rstrip()
-    return None
+@dataclass(frozen=True)
+class Indentation:
+    """How the document indents: tabs, or `size` spaces per level."""
+
+    insert_spaces: bool = True
+    size: int = 4
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """`text` goes at the cursor, over the first `replace` UTF-16 units after it (auto-closed characters)."""
+
+    text: str
+    replace: int = 0
+
+
+def finish(
+    raw: str, ctx: FimContext, *, indentation: Indentation | None = None, max_lines: int | None = None
+) -> Suggestion | None:
+    """The suggestion for one raw middle, or None when nothing useful is left.
+
+    `indentation` defaults to what the context's text uses; `max_lines` caps block middles.
+    """
+    text = raw.replace("\r\n", "\n")
+    if ctx.scope == "line":
+        return _finish_line(text.split("\n", 1)[0], ctx)
+    lines = _cut_block(text.split("\n"), ctx)
+    if max_lines is not None:
+        lines = lines[:max_lines]
+    lines = _drop_repeated_lines(lines)
+    text = "\n".join(lines).rstrip()
+    if not text.strip() or _is_stuck(text):
+        return None
+    text = reindent(text, indentation or detect_indentation(ctx.prefix + ctx.suffix), ctx.line_prefix)
+    if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix:
+        text = text.replace("\n", "\r\n")
+    return Suggestion(text)
 
 
 def finish_middle(raw: str, ctx: FimContext) -> str:
-    """Trim the raw middle to what belongs between prefix and suffix; '' when nothing useful is left."""
-    text = raw.replace("\r\n", "\n")
-    if ctx.scope == "line":
-        text = text.split("\n", 1)[0]
-        # The model often re-types what is already right of the cursor (`)`, `):` ...).
-        tail = ctx.line_suffix.strip()
-        if tail and text.rstrip().endswith(tail):
-            text = text.rstrip()[: -len(tail)]
-        return text.rstrip() if text.strip() else ""
+    """The text `finish` would insert ('' for none), for callers that only insert at the cursor."""
+    found = finish(raw, ctx)
+    return found.text if found is not None else ""
 
-    lines = text.split("\n")
-    repeated = _first_suffix_line(ctx)
-    kept: list[str] = [lines[0]]
+
+# --- line scope --------------------------------------------------------------------------------------
+
+
+def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
+    text = text.rstrip()
+    tail = ctx.line_suffix
+    if not text.strip() or _is_stuck(text):
+        return None
+    replace = _auto_closed_overlap(ctx.line_prefix, text, tail)
+    if replace is None and tail.strip() and text.endswith(tail.strip()):
+        # The model re-typed the rest of the line (`, b)` in `f(a|, b)`): keep only what is new.
+        text = text[: -len(tail.strip())].rstrip()
+        if not text.strip():
+            return None
+    replace = replace or 0
+    new = text.strip()
+    if new in (tail[:replace].strip(), tail.strip(), _next_line(ctx).strip()):
+        return None  # only repeats what is already there
+    return Suggestion(text, _utf16_len(tail[:replace]))
+
+
+def _auto_closed_overlap(line_prefix: str, text: str, tail: str) -> int | None:
+    """How many characters of `tail` the completed line closes itself; None when `tail` is not auto-closed.
+
+    With `tail` made only of closing brackets/quotes (what auto-pair plugins insert), `text` may close
+    some of them already: `def f(` + `a, b):` before `)`. The ones `text` closes are replaced rather
+    than left to be doubled; those still owed stay.
+    """
+    if not tail.strip() or _AUTO_CLOSED_TAIL.fullmatch(tail) is None:
+        return None
+    owed = _owed_closers(line_prefix + text)
+    for k in range(len(tail) + 1):
+        if _closers_in(tail[k:]) == owed:
+            rest = tail[k:].strip()
+            # What is left (`;`, `:`) may have been re-typed too: `foo(` + `x);` before `);`.
+            return len(tail) if rest and not _closers_in(rest) and text.endswith(rest) else k
+    return None  # the brackets do not add up (quotes in comments, say): treat the tail as ordinary text
+
+
+def _owed_closers(line: str) -> str:
+    """Closing brackets and quotes that `line` still needs, innermost first (text rule, no tree)."""
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for i, ch in enumerate(line):
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+                stack.pop()
+        elif ch in '"`' or (ch == "'" and not (i and (line[i - 1].isalnum() or line[i - 1] == "&"))):
+            # `don't` and Rust's `&'a` are not quotes.
+            quote = ch
+            stack.append(ch)
+        elif ch in _CLOSING:
+            stack.append(_CLOSING[ch])
+        elif ch in ")]}" and stack and stack[-1] == ch:
+            stack.pop()
+    return "".join(reversed(stack))
+
+
+def _closers_in(text: str) -> str:
+    return "".join(ch for ch in text if ch in ")]}\"'`")
+
+
+def _next_line(ctx: FimContext) -> str:
+    """The first non-blank line after the cursor line ('' when there is none)."""
+    return next((line for line in ctx.suffix.splitlines()[1:] if line.strip()), "")
+
+
+# --- block scope -------------------------------------------------------------------------------------
+
+
+def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
+    """Lines up to where the block ends (a dedent past its opener) or the code after the cursor begins."""
+    below = _next_line(ctx)
+    if below and lines[0].strip() == below.strip():
+        return []
+    kept = [lines[0]]
     for line in lines[1:]:
         if line.strip():
             if ctx.block_indent is not None and indent_width(line) <= ctx.block_indent:
                 break  # dedented past the block that holds the cursor: its scope has ended
-            if repeated is not None and line.rstrip() == repeated:
+            if line.strip() == below.strip() and indent_width(line) == indent_width(below):
                 break  # the code after the cursor starts here
         kept.append(line)
-    text = "\n".join(kept).rstrip()
-    if not text.strip():
-        return ""
-    if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix:
-        text = text.replace("\n", "\r\n")
-    return text
+    return kept
+
+
+def _drop_repeated_lines(lines: list[str]) -> list[str]:
+    """Cut at the first run of _LINE_REPEATS identical non-blank lines, keeping one of them."""
+    for i in range(len(lines) - _LINE_REPEATS + 1):
+        run = lines[i : i + _LINE_REPEATS]
+        if run[0].strip() and all(line == run[0] for line in run):
+            return lines[: i + 1]
+    return lines
+
+
+def _is_stuck(text: str) -> bool:
+    """A short unit repeated over at least half of the text, with letters or digits in it."""
+    for m in _STUCK.finditer(text):
+        if 2 * len(m.group(0)) >= len(text.strip()) and any(ch.isalnum() for ch in m.group(1)):
+            return True
+    return False
+
+
+# --- indentation -------------------------------------------------------------------------------------
+
+
+def detect_indentation(text: str) -> Indentation:
+    """The indentation style of `text`: tabs if most indented lines start with one, else the common step."""
+    tabs = spaces = 0
+    steps: Counter[int] = Counter()
+    previous = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("\t"):
+            tabs += 1
+        elif line.startswith(" "):
+            spaces += 1
+        width = indent_width(line)
+        if line[:1] != "\t" and width > previous:
+            steps[width - previous] += 1
+        previous = width
+    if tabs > spaces:
+        return Indentation(insert_spaces=False, size=TAB_WIDTH)
+    step = next((s for s, _ in steps.most_common() if 2 <= s <= 8), 4)
+    return Indentation(insert_spaces=True, size=step)
+
+
+def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
+    """Lines after the first re-indented to `style`; the first continues the cursor line as it is.
+
+    Tabs and spaces are swapped level for level. Space indentation deeper than the cursor line is
+    rescaled from the middle's own step (its smallest) to the document's; other widths are kept.
+    """
+    lines = text.split("\n")
+    base = indent_width(line_prefix + lines[0])
+    spaced = [len(line) - len(line.lstrip(" ")) for line in lines[1:] if line.strip() and line[:1] != "\t"]
+    deeper = [w - base for w in spaced if w > base]
+    step = min(deeper) if deeper and 2 <= min(deeper) <= 8 else style.size
+    out = [lines[0]]
+    for line in lines[1:]:
+        body = line.lstrip(" \t")
+        indent = line[: len(line) - len(body)]
+        if not body:
+            out.append("")
+        elif "\t" in indent:
+            tabs = indent.count("\t")
+            spaces = len(indent) - tabs
+            out.append(
+                (" " * (tabs * style.size) if style.insert_spaces else "\t" * tabs) + " " * spaces + body
+            )
+        else:
+            width = len(indent)
+            levels, extra = divmod(width - base, step)
+            if width > base and extra == 0:
+                width = base + levels * style.size
+            out.append(_indent(width, style) + body)
+    return "\n".join(out)
+
+
+def _indent(width: int, style: Indentation) -> str:
+    if style.insert_spaces:
+        return " " * width
+    tabs, spaces = divmod(width, TAB_WIDTH)
+    return "\t" * tabs + " " * spaces
+
+
+# --- candidates --------------------------------------------------------------------------------------
+
+
+def syntax_errors(text: str, language: str | None) -> int | None:
+    """ERROR and MISSING nodes in `text`'s tree-sitter parse; None without a grammar."""
+    tree = SyntaxDocument(text, language).tree if language else None
+    if tree is None:
+        return None
+    count = 0
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            count += 1
+        if node.has_error:
+            stack.extend(node.children)
+    return count
+
+
+def rank(suggestions: list[Suggestion], ctx: FimContext) -> list[Suggestion]:
+    """Distinct suggestions, those whose filled text parses no worse than the text without them first.
+
+    The order is otherwise kept (it is the model's: first seed first).
+    """
+    first: dict[str, Suggestion] = {}
+    for s in suggestions:
+        first.setdefault(s.text, s)
+    distinct = list(first.values())
+    if len(distinct) < 2:
+        return distinct
+    before = syntax_errors(ctx.prefix + ctx.suffix, ctx.language)
+    if before is None:
+        return distinct
+
+    def worse(s: Suggestion) -> bool:
+        after = syntax_errors(ctx.prefix + s.text + _after_replace(ctx.suffix, s.replace), ctx.language)
+        return after is not None and after > before
+
+    return sorted(distinct, key=worse)
+
+
+def _after_replace(suffix: str, units: int) -> str:
+    """`suffix` without its first `units` UTF-16 units."""
+    i = 0
+    while units > 0 and i < len(suffix):
+        units -= 2 if ord(suffix[i]) > 0xFFFF else 1
+        i += 1
+    return suffix[i:]
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2

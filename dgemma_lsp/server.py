@@ -1,23 +1,47 @@
-"""The language server: thin LSP handlers over the context step, the engine and post-processing."""
+"""The language server: thin LSP handlers over the context step, the policy, the cache and the engine.
+
+One request, from the top: the latest request per document and method wins (older ones are answered
+with RequestCancelled, -32800); the context step gives the prefix/suffix; the cache answers at once when
+it can (also when the user typed into a shown suggestion); otherwise an automatic request waits out the
+adaptive debounce and the engine runs the model (several seeds for an invoked one). Once a suggestion is
+shown and the engine is idle, the server precomputes what follows its acceptance.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from dgemma_lsp import __version__
-from dgemma_lsp.context import ContextBudget, SyntaxDocument, UnsupportedDocument, language_for
-from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState
+from dgemma_lsp.cache import SuggestionCache
+from dgemma_lsp.context import ContextBudget, FimContext, SyntaxDocument, UnsupportedDocument, language_for
+from dgemma_lsp.edits import FILL_COMMAND, fill_context, find_holes
+from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete
 from dgemma_lsp.log import attach_client_logging
-from dgemma_lsp.options import MODEL_ENV, Options, parse_options, resolve_model_path
+from dgemma_lsp.model.infill import Infiller
+from dgemma_lsp.options import MODEL_ENV, MODEL_FIELDS, Options, parse_options, resolve_model_path
+from dgemma_lsp.policy import Debouncer, candidate_seeds, language_enabled
+from dgemma_lsp.postprocess import Suggestion, rank
+from dgemma_lsp.stats import Stats
 
 log = logging.getLogger(__name__)
+
+STATUS = "dgemma/status"
+STATS = "dgemma/stats"
+SETTINGS_SECTION = "dgemma"
+MAX_HOLE_LINES = 200  # lines of a code action's range searched for holes
 
 NO_MODEL_HELP = (
     "dgemma-lsp has no model, so it offers no completions. Download a DiffusionGemma checkpoint "
@@ -37,14 +61,29 @@ class DgemmaProtocol(LanguageServerProtocol):
 
 
 class DgemmaServer(LanguageServer):
-    def __init__(self, model: str | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, device: str | None = None, backend: str | None = None
+    ) -> None:
         super().__init__("dgemma-lsp", __version__, protocol_cls=DgemmaProtocol)
         self.cli_model = model
         self.cli_device = device
+        self.cli_backend = backend
+        self.init_options: dict[str, Any] = {}  # what didChangeConfiguration settings are laid over
         self.options = Options()
         self.engine = Engine()
         self.documents: dict[str, SyntaxDocument] = {}
+        self.language_ids: dict[str, str] = {}  # uri -> LSP languageId, for per-language enable
         self.refused: set[str] = set()  # documents we already told the user we can't complete
+        self.cache = SuggestionCache()
+        self.debouncer = Debouncer()
+        self.stats = Stats()
+        self.pending: dict[tuple[str, str], asyncio.Task[Any]] = {}  # latest request per (uri, method)
+        self.speculating: set[bytes] = set()  # cache keys being precomputed
+        self.speculated: dict[str, str] = {}  # uri -> the accepted text last precomputed for
+        self.busy = 0  # foreground model runs in flight
+        self.last_latency_ms: float | None = None
+        self._status: dict[str, Any] | None = None
+        self._progress: tuple[str, asyncio.Future[Any]] | None = None  # token, its creation
 
     @property
     def budget(self) -> ContextBudget:
@@ -59,19 +98,34 @@ class DgemmaServer(LanguageServer):
     def show(self, message: str, kind: types.MessageType) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))
 
+    # -- the engine, its state and progress
+
     def start_engine(self) -> None:
         loop = asyncio.get_running_loop()
+        engine = self.engine
 
         def on_state(state: EngineState, message: str) -> None:
-            loop.call_soon_threadsafe(self._report_state, state, message)
+            if engine is self.engine:  # a replaced engine's last words are not news
+                loop.call_soon_threadsafe(self._report_state, state, message)
 
         path = resolve_model_path(self.cli_model, self.options)
-        self.engine.start(
+        engine.start(
             path,
             device=self.cli_device or self.options.device,
             max_denoising_steps=self.options.max_denoising_steps,
+            prompt_mode=self.options.infilling_mode,
+            backend=self.cli_backend or self.options.backend,  # type: ignore[arg-type]  # argparse checked it
+            canvas_mode=self.options.canvas_mode,
             on_state=on_state,
         )
+
+    async def restart_engine(self) -> None:
+        """A new engine for new model options; the old one drops its model first (one model in memory)."""
+        old, self.engine = self.engine, Engine()
+        old.close()
+        await asyncio.to_thread(old.join)
+        self.cache.clear()
+        self.start_engine()
 
     def _report_state(self, state: EngineState, message: str) -> None:
         if state is EngineState.NO_MODEL:
@@ -82,12 +136,130 @@ class DgemmaServer(LanguageServer):
             self.show(f"dgemma-lsp: {message}", types.MessageType.Error)
         else:
             log.info(message)
+        self._report_progress(state, message)
+        self.publish_status()
 
-    async def suggest(self, uri: str, position: types.Position) -> tuple[Completion, types.Range] | None:
-        """The post-processed middle at `position`, or None when there is nothing to offer."""
+    def _report_progress(self, state: EngineState, message: str) -> None:
+        """Work-done progress from the first LOADING state to READY/ERROR, when the client shows progress."""
+        window = self.client_capabilities.window
+        if window is None or not window.work_done_progress:
+            return
+        if self._progress is None:
+            if state is not EngineState.LOADING:
+                return
+            token = f"dgemma-load-{uuid.uuid4()}"
+            created = asyncio.ensure_future(self.work_done_progress.create_async(token))
+            self._progress = token, created
+            value: Any = types.WorkDoneProgressBegin(title="DiffusionGemma", message=message)
+        elif state is EngineState.LOADING:
+            value = types.WorkDoneProgressReport(message=message)
+        else:
+            value = types.WorkDoneProgressEnd(message=message)
+        token, created = self._progress
+        if isinstance(value, types.WorkDoneProgressEnd):
+            self._progress = None
+        asyncio.ensure_future(self._send_progress(token, created, value))
+
+    async def _send_progress(self, token: str, created: asyncio.Future[Any], value: Any) -> None:
+        try:
+            await asyncio.shield(created)  # every part waits for the token; they resume in order
+        except Exception:
+            return  # the client refused the token: no progress then
+        if isinstance(value, types.WorkDoneProgressBegin):
+            self.work_done_progress.begin(token, value)
+        elif isinstance(value, types.WorkDoneProgressReport):
+            self.work_done_progress.report(token, value)
+        else:
+            self.work_done_progress.end(token, value)
+
+    def status(self) -> dict[str, Any]:
+        engine = self.engine
+        state = {
+            EngineState.LOADING: "loading",
+            EngineState.READY: "busy" if self.busy else "ready",
+        }.get(engine.state, "error")
+        loaded = engine.loaded
+        return {
+            "state": state,
+            "message": NO_MODEL_HELP if engine.state is EngineState.NO_MODEL else engine.message,
+            "device": str(loaded.device) if loaded is not None else None,
+            "model": str(loaded.path) if loaded is not None else None,
+            "lastLatencyMs": self.last_latency_ms,
+        }
+
+    def publish_status(self) -> None:
+        """Send `dgemma/status` when it says something new."""
+        status = self.status()
+        if status != self._status:
+            self._status = status
+            self.protocol.notify(STATUS, status)
+
+    # -- configuration
+
+    async def apply_settings(self, settings: Any) -> None:
+        """New options from didChangeConfiguration, laid over the initializationOptions."""
+        _, problem = parse_options(settings, f"`{SETTINGS_SECTION}` settings")
+        if problem:
+            log.warning(problem)
+            self.show(f"dgemma-lsp: {problem}", types.MessageType.Warning)
+        layered = {**self.init_options, **settings} if isinstance(settings, dict) else self.init_options
+        old, (self.options, _) = self.options, parse_options(layered)
+        self.debouncer.fixed_ms = self.options.debounce_ms
+        self.cache.clear()  # cached suggestions were shaped by the old options
+        self.speculated.clear()
+        if any(getattr(old, name) != getattr(self.options, name) for name in MODEL_FIELDS):
+            await self.restart_engine()
+
+    # -- requests
+
+    @contextlib.contextmanager
+    def latest(self, key: tuple[str, str]) -> Iterator[None]:
+        """Make the running request the latest for `key`, cancelling the one it supersedes."""
+        task = asyncio.current_task()
+        assert task is not None
+        older = self.pending.get(key)
+        if older is not None and not older.done():
+            older.cancel()
+        self.pending[key] = task
+        try:
+            yield
+        finally:
+            if self.pending.get(key) is task:
+                del self.pending[key]
+
+    async def suggest(
+        self, uri: str, position: types.Position, *, invoked: bool, method: str
+    ) -> list[Suggestion]:
+        """Post-processed suggestions at `position`, best first; [] when there is nothing to offer."""
+        received = time.perf_counter()
+        self.stats.count("requests")
         doc = self.documents.get(uri)
-        if doc is None or not self.engine.accepting:
-            return None
+        if (
+            doc is None
+            or not self.engine.accepting
+            or not language_enabled(self.options.enable, self.language_ids.get(uri))
+        ):
+            return []
+        with self.latest((uri, method)):
+            try:
+                suggestions = await self._suggest(uri, doc, position, invoked, method)
+            except (asyncio.CancelledError, Cancelled):
+                # Superseded or cancelled: the task ends as cancelled, which pygls answers with
+                # RequestCancelled (-32800).
+                self.stats.count("cancelled")
+                raise asyncio.CancelledError("superseded by a newer request") from None
+            except Exception:  # a failed model run (a CUDA error, say): no items this time, stay up
+                log.exception("completion at %s:%d:%d failed", uri, position.line, position.character)
+                self.stats.count("failed")
+                return []
+        self.stats.count("served" if suggestions else "empty")
+        self.stats.latency_ms.append((time.perf_counter() - received) * 1000)
+        return suggestions
+
+    async def _suggest(
+        self, uri: str, doc: SyntaxDocument, position: types.Position, invoked: bool, method: str
+    ) -> list[Suggestion]:
+        received = time.perf_counter()
         try:
             ctx = doc.context_at(position.line, position.character, self.budget)
         except UnsupportedDocument as exc:
@@ -95,29 +267,133 @@ class DgemmaServer(LanguageServer):
                 self.refused.add(uri)
                 log.warning("%s: %s", uri, exc)
                 self.show(f"dgemma-lsp: {exc}", types.MessageType.Warning)
-            return None
+            return []
+        want = self.options.candidates if invoked else 1
+        hit = self.cache.get(ctx.prefix, ctx.suffix)
+        if hit is not None and (hit.typed or not invoked or len(hit.suggestions) >= want):
+            self.stats.count("typingThroughHits" if hit.typed else "cacheHits")
+            if hit.speculative:
+                self.stats.count("speculativeHits")
+            self.stats.cached_latency_ms.append((time.perf_counter() - received) * 1000)
+            self._after_shown(uri, doc, position, hit.suggestions)
+            return hit.suggestions[:want]
+        self.stats.count("cacheMisses")
+
+        await asyncio.sleep(self.debouncer.delay(uri, invoked))
+        suggestions = await self.run_model(f"{method} {uri}", uri, ctx, want)
+        self.cache.put(ctx.prefix, ctx.suffix, suggestions)
+        self._after_shown(uri, doc, position, suggestions)
+        return suggestions
+
+    async def run_model(self, job: str, uri: str, ctx: FimContext, count: int) -> list[Suggestion]:
+        """`count` model completions for `ctx` as a foreground engine job: the distinct ones, best first."""
+        self.busy += 1
+        self.publish_status()
         try:
-            completion = await self.engine.fill(uri, ctx, seed=self.options.seed)
-        except Cancelled:
-            # Superseded by a newer request for this document: the task ends as cancelled,
-            # which pygls answers with RequestCancelled (-32800).
-            raise asyncio.CancelledError("superseded by a newer request") from None
+            completions, suggestions = await self.engine.run(
+                job, self._model_work(uri, ctx, candidate_seeds(count, self.options.seed))
+            )
+            self._record(completions)
+        finally:
+            self.busy -= 1
+            self.publish_status()
         log.info(
-            "completion at %s:%d:%d: %d chars, %d steps, %.0f ms",
-            uri,
-            position.line,
-            position.character,
-            len(completion.text),
-            completion.steps,
-            completion.total_ms,
+            "%s: %d item(s), %d steps, %.0f ms",
+            job,
+            len(suggestions),
+            sum(c.steps for c in completions),
+            sum(c.total_ms for c in completions),
         )
-        if not completion.text:
-            return None
-        return completion, types.Range(start=position, end=position)
+        return suggestions
+
+    def _model_work(self, uri: str, ctx: FimContext, seeds: list[int]) -> Any:
+        """What the engine's thread runs: one completion per seed, then the distinct ones ranked."""
+        options, max_prompt_tokens = self.options, self.engine.max_prompt_tokens
+
+        def work(infiller: Infiller, cancelled: Any) -> tuple[list[Completion], list[Suggestion]]:
+            completions = [
+                complete(
+                    infiller,
+                    ctx,
+                    seed=seed,
+                    cancelled=cancelled,
+                    max_prompt_tokens=max_prompt_tokens,
+                    max_lines=options.max_lines,
+                    key=uri,
+                )
+                for seed in seeds
+            ]
+            found = [Suggestion(c.text, c.replace) for c in completions if c.text]
+            return completions, rank(found, ctx)
+
+        return work
+
+    def _record(self, completions: list[Completion]) -> None:
+        for c in completions:
+            self.stats.count("completions")
+            self.stats.model_ms.append(c.total_ms)
+            self.stats.steps.append(c.steps)
+        if completions:
+            self.last_latency_ms = round(sum(c.total_ms for c in completions), 1)
+
+    # -- speculation
+
+    def _after_shown(
+        self, uri: str, doc: SyntaxDocument, position: types.Position, suggestions: list[Suggestion]
+    ) -> None:
+        """Start precomputing what follows the top suggestion, on the text as it is now."""
+        if not suggestions or not self.options.speculate:
+            return
+        shown = suggestions[0]
+        start = doc.offset_at(position.line, position.character)
+        end = doc.offset_at(position.line, position.character + shown.replace)
+        accepted = doc.text[:start] + shown.text + doc.text[end:]
+        if self.speculated.get(uri) == accepted:
+            return  # typing through the same suggestion: its acceptance is computed or under way
+        self.speculated[uri] = accepted
+        asyncio.ensure_future(self._speculate(uri, accepted, doc.language, start + len(shown.text)))
+
+    async def _speculate(self, uri: str, accepted: str, language: str | None, cursor: int) -> None:
+        """Precompute the suggestion at `cursor` in `accepted` (the text once a suggestion is accepted)."""
+        await asyncio.sleep(0)  # let the answer that showed the suggestion go out first
+        if not self.engine.idle or uri not in self.documents:
+            self.speculated.pop(uri, None)
+            return
+        after = SyntaxDocument(accepted, language)
+        position = after.position_at(cursor)
+        try:
+            ctx = after.context_at(position.line, position.character, self.budget)
+        except UnsupportedDocument:
+            return
+        key = self.cache.key(ctx.prefix, ctx.suffix)
+        if (ctx.prefix, ctx.suffix) in self.cache or key in self.speculating:
+            return
+        self.speculating.add(key)
+        self.stats.count("speculativeStarted")
+        try:
+            _, suggestions = await self.engine.run(
+                f"speculative {uri}",
+                self._model_work(uri, ctx, candidate_seeds(1, self.options.seed)),
+                background=True,
+            )
+        except (Cancelled, RuntimeError):
+            self.stats.count("speculativeCancelled")
+            self.speculated.pop(uri, None)  # may be tried again
+            return  # a real request came first, or the engine went away
+        finally:
+            self.speculating.discard(key)
+        self.stats.count("speculativeFinished")
+        self.cache.put(ctx.prefix, ctx.suffix, suggestions, speculative=True)
+
+
+# --- handlers ----------------------------------------------------------------------------------------
 
 
 def initialize(ls: DgemmaServer, params: types.InitializeParams) -> None:
-    ls.options, problem = parse_options(params.initialization_options)
+    raw = params.initialization_options
+    ls.init_options = raw if isinstance(raw, dict) else {}
+    ls.options, problem = parse_options(raw)
+    ls.debouncer.fixed_ms = ls.options.debounce_ms
     attach_client_logging(ls)
     if problem:
         log.warning(problem)
@@ -128,72 +404,196 @@ def initialized(ls: DgemmaServer, params: types.InitializedParams) -> None:
     ls.start_engine()
 
 
+async def did_change_configuration(ls: DgemmaServer, params: types.DidChangeConfigurationParams) -> None:
+    settings = params.settings
+    if isinstance(settings, dict) and SETTINGS_SECTION in settings:
+        settings = settings[SETTINGS_SECTION]
+    elif settings is None:
+        workspace = ls.client_capabilities.workspace
+        if workspace is None or not workspace.configuration:
+            return
+        pulled = await ls.workspace_configuration_async(
+            types.ConfigurationParams(items=[types.ConfigurationItem(section=SETTINGS_SECTION)])
+        )
+        settings = pulled[0] if pulled else None
+    await ls.apply_settings(settings or {})
+
+
 def did_open(ls: DgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
     item = params.text_document
     ls.documents[item.uri] = SyntaxDocument(item.text, language_for(item.language_id, item.uri))
+    ls.language_ids[item.uri] = item.language_id
 
 
 def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> None:
-    doc = ls.documents.get(params.text_document.uri)
+    uri = params.text_document.uri
+    doc = ls.documents.get(uri)
     if doc is None:
         return
     for change in params.content_changes:
         doc.apply_change(change.text, getattr(change, "range", None))
-    ls.refused.discard(params.text_document.uri)
+    ls.refused.discard(uri)
+    ls.debouncer.typed(uri)
 
 
 def did_close(ls: DgemmaServer, params: types.DidCloseTextDocumentParams) -> None:
-    ls.documents.pop(params.text_document.uri, None)
-    ls.refused.discard(params.text_document.uri)
+    uri = params.text_document.uri
+    ls.documents.pop(uri, None)
+    ls.language_ids.pop(uri, None)
+    ls.speculated.pop(uri, None)
+    ls.refused.discard(uri)
+    ls.debouncer.forget(uri)
+
+
+def _range(position: types.Position, suggestion: Suggestion) -> types.Range:
+    end = types.Position(line=position.line, character=position.character + suggestion.replace)
+    return types.Range(start=position, end=end)
 
 
 async def inline_completion(
     ls: DgemmaServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
-    found = await ls.suggest(params.text_document.uri, params.position)
-    if found is None:
-        return types.InlineCompletionList(items=[])
-    completion, where = found
+    invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    found = await ls.suggest(
+        params.text_document.uri,
+        params.position,
+        invoked=invoked,
+        method=types.TEXT_DOCUMENT_INLINE_COMPLETION,
+    )
     return types.InlineCompletionList(
-        items=[types.InlineCompletionItem(insert_text=completion.text, range=where)]
+        items=[
+            types.InlineCompletionItem(insert_text=s.text, range=_range(params.position, s)) for s in found
+        ]
     )
 
 
 async def completion(ls: DgemmaServer, params: types.CompletionParams) -> types.CompletionList:
-    """For clients without inline completion: one item holding the whole (multi-line) middle."""
-    found = await ls.suggest(params.text_document.uri, params.position)
-    if found is None:
-        return types.CompletionList(is_incomplete=True, items=[])
-    completion, where = found
-    first_line = completion.text.strip().splitlines()[0]
-    item = types.CompletionItem(
-        label=first_line if len(first_line) <= 60 else first_line[:57] + "...",
-        kind=types.CompletionItemKind.Snippet,
-        detail="DiffusionGemma",
-        documentation=completion.text,
-        text_edit=types.TextEdit(range=where, new_text=completion.text),
-        insert_text_format=types.InsertTextFormat.PlainText,
-        filter_text=completion.text,
-        sort_text="0",
+    """For clients without inline completion: one item per suggestion, each holding the whole middle."""
+    context = params.context
+    invoked = context is not None and context.trigger_kind == types.CompletionTriggerKind.Invoked
+    found = await ls.suggest(
+        params.text_document.uri, params.position, invoked=invoked, method=types.TEXT_DOCUMENT_COMPLETION
     )
-    # Incomplete: typing more must ask again rather than filter this one suggestion.
-    return types.CompletionList(is_incomplete=True, items=[item])
+    items = []
+    for rank_, s in enumerate(found):
+        first_line = s.text.strip().splitlines()[0]
+        items.append(
+            types.CompletionItem(
+                label=first_line if len(first_line) <= 60 else first_line[:57] + "...",
+                kind=types.CompletionItemKind.Snippet,
+                detail="DiffusionGemma",
+                documentation=s.text,
+                text_edit=types.TextEdit(range=_range(params.position, s), new_text=s.text),
+                insert_text_format=types.InsertTextFormat.PlainText,
+                filter_text=s.text,
+                sort_text=str(rank_),
+            )
+        )
+    # Incomplete: typing more must ask again rather than filter these suggestions.
+    return types.CompletionList(is_incomplete=True, items=items)
+
+
+def code_action(ls: DgemmaServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+    """Fill the selection when there is one, and each hole marker in the requested lines."""
+    uri, where = params.text_document.uri, params.range
+    doc = ls.documents.get(uri)
+    if (
+        doc is None
+        or not ls.engine.accepting
+        or not language_enabled(ls.options.enable, ls.language_ids.get(uri))
+    ):
+        return []
+    actions = []
+    if where.start != where.end:
+        actions.append(_fill_action("Fill selection with DiffusionGemma", uri, where))
+    for line in range(where.start.line, min(where.end.line, where.start.line + MAX_HOLE_LINES) + 1):
+        start = doc.offset_at(line, 0)
+        for a, b in find_holes(doc.text[start : doc.offset_at(line, 2**31)]):
+            hole = types.Range(start=doc.position_at(start + a), end=doc.position_at(start + b))
+            actions.append(_fill_action("Fill hole with DiffusionGemma", uri, hole))
+    return actions
+
+
+def _fill_action(title: str, uri: str, span: types.Range) -> types.CodeAction:
+    return types.CodeAction(
+        title=title,
+        kind=types.CodeActionKind.RefactorRewrite,
+        command=types.Command(title=title, command=FILL_COMMAND, arguments=[uri, span]),
+    )
+
+
+async def fill_range(ls: DgemmaServer, uri: str, span: types.Range) -> dict[str, Any]:
+    """Replace `span` with the model's best middle through workspace/applyEdit."""
+    doc = ls.documents.get(uri)
+    if doc is None:
+        raise JsonRpcInvalidParams(f"{FILL_COMMAND}: {uri} is not open")
+    if not ls.engine.accepting:
+        ls.show(f"dgemma-lsp: {ls.status()['message']}", types.MessageType.Warning)
+        return {"applied": False}
+    start = doc.offset_at(span.start.line, span.start.character)
+    end = doc.offset_at(span.end.line, span.end.character)
+    before = doc.text
+    try:
+        ctx = fill_context(doc, min(start, end), max(start, end), ls.budget)
+    except UnsupportedDocument as exc:
+        raise JsonRpcInvalidParams(f"{FILL_COMMAND}: {exc}") from None
+    found = await ls.run_model(f"fill {uri}", uri, ctx, ls.options.candidates)
+    if ls.documents.get(uri) is not doc or doc.text != before:
+        ls.show(
+            "dgemma-lsp: the document changed while filling; nothing was replaced.", types.MessageType.Info
+        )
+        return {"applied": False}
+    if not found:
+        ls.show("dgemma-lsp: the model had nothing to fill in.", types.MessageType.Info)
+        return {"applied": False}
+    best = found[0]
+    last = doc.position_at(max(start, end))
+    edit = types.TextEdit(
+        range=types.Range(
+            start=doc.position_at(min(start, end)),
+            end=types.Position(line=last.line, character=last.character + best.replace),
+        ),
+        new_text=best.text,
+    )
+    result = await ls.workspace_apply_edit_async(
+        types.ApplyWorkspaceEditParams(
+            label="Fill with DiffusionGemma", edit=types.WorkspaceEdit(changes={uri: [edit]})
+        )
+    )
+    return {"applied": result.applied, "text": best.text}
+
+
+def stats(ls: DgemmaServer, params: Any) -> dict[str, Any]:
+    return {
+        **ls.stats.report(len(ls.cache)),
+        "status": ls.status(),
+        "options": msgspec.to_builtins(ls.options),
+    }
 
 
 def shutdown(ls: DgemmaServer, params: Any) -> None:
     ls.engine.close()
 
 
-def create_server(model: str | None = None, device: str | None = None) -> DgemmaServer:
-    """A server with every handler registered; `model`/`device` come from the command line."""
-    ls = DgemmaServer(model, device)
+def create_server(
+    model: str | None = None, device: str | None = None, backend: str | None = None
+) -> DgemmaServer:
+    """A server with every handler registered; `model`/`device`/`backend` come from the command line."""
+    ls = DgemmaServer(model, device, backend)
     ls.feature(types.INITIALIZE)(initialize)
     ls.feature(types.INITIALIZED)(initialized)
+    ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
     ls.feature(types.TEXT_DOCUMENT_DID_OPEN)(did_open)
     ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
     ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)(did_close)
     # pygls leaves inlineCompletionProvider out of the capabilities unless given options.
     ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(inline_completion)
     ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(completion)
+    ls.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]),
+    )(code_action)
+    ls.command(FILL_COMMAND)(fill_range)
+    ls.feature(STATS)(stats)
     ls.feature(types.SHUTDOWN)(shutdown)
     return ls

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, PreTrai
 from transformers.utils import logging as hf_logging
 
 from .denoise import SamplerSettings
+from .dgemma import DGemma
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class ModelLoadError(Exception):
 
 @dataclass
 class LoadedModel:
-    model: DiffusionGemmaForBlockDiffusion  # eval mode, no grad
+    model: DiffusionGemmaForBlockDiffusion | DGemma  # eval mode, no grad; DGemma: the fast backend
     tokenizer: PreTrainedTokenizerBase
     path: Path
     device: torch.device
@@ -44,6 +45,10 @@ class LoadedModel:
     settings: SamplerSettings
     canvas_length: int
     vocab_size: int
+
+    @property
+    def backend(self) -> str:
+        return "fast" if isinstance(self.model, DGemma) else "reference"
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -87,8 +92,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _check_safetensors_file(file: Path) -> None:
-    """Read only the header: catches truncated or non-safetensors files without loading any tensor."""
+def read_safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
+    """Read only the header: catches truncated or non-safetensors files without loading any tensor.
+
+    Returns the header's length in bytes and the header (tensor name -> dtype, shape, data_offsets).
+    """
     try:
         size = file.stat().st_size
         with file.open("rb") as fh:
@@ -116,6 +124,7 @@ def _check_safetensors_file(file: Path) -> None:
             f"{file} is truncated ({size} bytes, tensors need {8 + header_len + data_end}); "
             "the download was probably interrupted: re-download it."
         )
+    return header_len, header
 
 
 def _check_weights(path: Path) -> list[Path]:
@@ -153,7 +162,7 @@ def _check_weights(path: Path) -> list[Path]:
                 "the download is incomplete: re-download it."
             )
     for file in weights:
-        _check_safetensors_file(file)
+        read_safetensors_header(file)
     return weights
 
 
@@ -168,11 +177,21 @@ def _check_tokenizer(path: Path) -> None:
     )
 
 
-def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> LoadedModel:
-    """Load model, tokenizer and sampler settings from a local folder. Never touches the network.
+@dataclass
+class CheckpointFolder:
+    """A checked checkpoint folder: everything but the weights, which each backend loads its own way."""
 
-    Weights: bfloat16 on CUDA, float32 on CPU. Every failure is raised as ModelLoadError naming the path.
-    """
+    path: Path
+    config: dict[str, Any]
+    weights: list[Path]
+    tokenizer: PreTrainedTokenizerBase
+    settings: SamplerSettings
+    device: torch.device
+    dtype: torch.dtype  # bfloat16 on CUDA, float32 on CPU
+
+
+def open_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> CheckpointFolder:
+    """Check a local folder, load its tokenizer and sampler settings; ModelLoadError says what is wrong."""
     folder = Path(path).expanduser()
     if not folder.exists():
         raise ModelLoadError(f"Model folder {folder} does not exist. {DOWNLOAD_HINT}")
@@ -180,7 +199,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
         raise ModelLoadError(f"{folder} is a file; pass the checkpoint folder that holds it. {DOWNLOAD_HINT}")
     folder = folder.resolve()
     config = _read_config(folder)
-    _check_weights(folder)
+    weights = _check_weights(folder)
     _check_tokenizer(folder)
     try:
         settings = SamplerSettings.from_generation_config(folder)
@@ -196,6 +215,17 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
         Exception
     ) as exc:  # tokenizers/transformers raise many types; all mean "this folder's tokenizer is bad"
         raise ModelLoadError(f"Could not load the tokenizer from {folder}: {exc}") from exc
+    return CheckpointFolder(folder, config, weights, tokenizer, settings, resolved, dtype)
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> LoadedModel:
+    """Load model, tokenizer and sampler settings from a local folder. Never touches the network.
+
+    Weights: bfloat16 on CUDA, float32 on CPU. Every failure is raised as ModelLoadError naming the path.
+    """
+    checked = open_checkpoint(path, device)
+    folder, config, tokenizer, settings = checked.path, checked.config, checked.tokenizer, checked.settings
+    resolved, dtype = checked.device, checked.dtype
 
     load_kwargs: dict[str, Any] = {}
     # device_map streams weights straight to the GPU but needs accelerate; without it load on CPU, then move.

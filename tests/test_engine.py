@@ -34,7 +34,7 @@ def started(path: str | None, **kwargs: object) -> tuple[Engine, list[EngineStat
 
 async def test_fill_matches_the_shared_completion_path(tiny_checkpoint: Path) -> None:
     engine, states, _ = started(str(tiny_checkpoint), max_denoising_steps=4)
-    assert states == [EngineState.LOADING, EngineState.READY]
+    assert states == [EngineState.LOADING, EngineState.LOADING, EngineState.READY]  # load, warm up, ready
     result = await engine.fill("a.py", hole(), seed=3)
     direct = complete(Infiller(load_model(str(tiny_checkpoint), max_denoising_steps=4)), hole(), seed=3)
     assert isinstance(result, Completion)
@@ -81,3 +81,44 @@ def test_a_broken_checkpoint_puts_the_engine_in_error(tmp_path: Path) -> None:
     engine, states, _ = started(str(tmp_path / "missing"))
     assert states[-1] is EngineState.ERROR and str(tmp_path / "missing") in engine.message
     assert not engine.accepting
+
+
+async def test_a_foreground_job_cancels_background_work(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint))
+    speculative = asyncio.ensure_future(
+        engine.run(
+            "a.py",
+            lambda infiller, cancelled: complete(infiller, hole(), cancelled=cancelled),
+            background=True,
+        )
+    )
+    await asyncio.sleep(0.1)
+    assert engine.idle  # background work does not count as busy
+    foreground = asyncio.ensure_future(engine.fill("b.py", hole(), seed=1))
+    await asyncio.sleep(0)  # let it queue
+    assert not engine.idle
+    with pytest.raises(Cancelled):
+        await speculative
+    assert isinstance(await foreground, Completion)
+    assert engine.idle
+    engine.close()
+
+
+async def test_background_work_supersedes_nothing(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint), max_denoising_steps=2)
+    foreground = asyncio.ensure_future(engine.fill("a.py", hole(), seed=1))
+    await asyncio.sleep(0.05)
+    background = asyncio.ensure_future(
+        engine.run("a.py", lambda infiller, cancelled: complete(infiller, hole(), seed=2), background=True)
+    )
+    assert isinstance(await foreground, Completion)
+    assert isinstance(await background, Completion)
+    engine.close()
+
+
+def test_join_lets_go_of_the_model(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint))
+    assert engine.loaded is not None
+    engine.close()
+    engine.join(timeout=30)
+    assert engine.loaded is None and not engine._thread.is_alive()

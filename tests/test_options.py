@@ -38,3 +38,34 @@ def test_model_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_model_path(None, Options()) == "/env"
     monkeypatch.delenv(MODEL_ENV)
     assert resolve_model_path(None, Options()) is None
+
+
+def test_completion_options() -> None:
+    options, problem = parse_options(
+        {"enable": {"*": False, "python": True}, "maxLines": 5, "debounceMs": 0, "candidates": 5}
+    )
+    assert problem is None
+    assert (options.enable, options.max_lines, options.debounce_ms, options.candidates) == (
+        {"*": False, "python": True},
+        5,
+        0,
+        5,
+    )
+    assert Options().enable == {} and Options().candidates == 3 and Options().debounce_ms is None
+
+
+@pytest.mark.parametrize(
+    "raw, mentions",
+    [
+        ({"candidates": 6}, "candidates"),
+        ({"candidates": 0}, "candidates"),
+        ({"debounceMs": -1}, "debounceMs"),
+        ({"enable": {"python": "yes"}}, "enable"),
+        ({"infillingMode": "magic"}, "infillingMode"),
+        ({"maxLines": 0}, "maxLines"),
+    ],
+)
+def test_invalid_completion_options(raw: dict, mentions: str) -> None:
+    options, problem = parse_options(raw, "settings")
+    assert options == Options()
+    assert problem is not None and mentions in problem and "settings" in problem

@@ -1,9 +1,20 @@
+"""Post-processing on small cases in several languages: each context comes from the real context step."""
+
 from __future__ import annotations
 
 import pytest
 
 from dgemma_lsp.context import FimContext, SyntaxDocument
-from dgemma_lsp.postprocess import finish_middle
+from dgemma_lsp.postprocess import (
+    Indentation,
+    Suggestion,
+    detect_indentation,
+    finish,
+    finish_middle,
+    rank,
+    reindent,
+    syntax_errors,
+)
 
 CURSOR = "<|cursor|>"
 
@@ -16,21 +27,104 @@ def context(source: str, language: str | None) -> FimContext:
     return doc.context_at(position.line, position.character)
 
 
+def filled(source: str, language: str | None, suggestion: Suggestion) -> str:
+    """The document after accepting `suggestion` at the cursor (replacing what it replaces)."""
+    before, after = source.split(CURSOR)
+    return before + suggestion.text + after[suggestion.replace :]
+
+
+# --- line scope ----------------------------------------------------------------------------------------
+
+
 def test_line_scope_keeps_the_first_line_only() -> None:
     ctx = context("x = <|cursor|>\nprint(x)\n", "python")
     assert ctx.scope == "line"
     assert finish_middle("compute(1, 2)\nprint(x)\n", ctx) == "compute(1, 2)"
 
 
-def test_line_scope_drops_a_retyped_line_suffix() -> None:
-    ctx = context("print(<|cursor|>)\n", "python")
-    assert finish_middle("total)", ctx) == "total"
+@pytest.mark.parametrize(
+    "source, language, raw, expected",
+    [
+        # An auto-pair plugin typed the `)`; the model closes it itself: replace it, never `f(total))`.
+        ("print(<|cursor|>)\n", "python", "total)", "print(total)\n"),
+        # The famous `def foo(bar: str):)`.
+        ("def foo(<|cursor|>)\n", "python", "bar: str):", "def foo(bar: str):\n"),
+        ("def area(<|cursor|>):\n", "python", "r):", "def area(r):\n"),
+        ('console.log("<|cursor|>");\n', "javascript", 'hi");', 'console.log("hi");\n'),
+        ("let v = vec![<|cursor|>];\n", "rust", "1, 2, 3]", "let v = vec![1, 2, 3];\n"),
+        ('printf("%d\\n", max(a, <|cursor|>));\n', "c", "b)", 'printf("%d\\n", max(a, b));\n'),
+        ("items := map[string]int{<|cursor|>}\n", "go", '"a": 1}', 'items := map[string]int{"a": 1}\n'),
+        ("const xs = [f(<|cursor|>)];\n", "typescript", "1), f(2)]", "const xs = [f(1), f(2)];\n"),
+        # `'a` and `don't` are not quotes.
+        ("let r: &'a str = pick(<|cursor|>)\n", "rust", "x)", "let r: &'a str = pick(x)\n"),
+        ('say("don\'t", <|cursor|>)\n', "python", "name)", 'say("don\'t", name)\n'),
+    ],
+)
+def test_auto_closed_brackets_and_quotes_are_replaced_not_doubled(
+    source: str, language: str, raw: str, expected: str
+) -> None:
+    found = finish(raw, context(source, language))
+    assert found is not None and found.replace > 0
+    assert filled(source, language, found) == expected
 
 
-def test_whitespace_only_middle_is_nothing() -> None:
-    ctx = context("x = <|cursor|>\n", "python")
-    assert finish_middle("   \n  total", ctx) == ""
+@pytest.mark.parametrize(
+    "source, language, raw",
+    [
+        ("print(<|cursor|>)\n", "python", "total"),
+        ('console.log("<|cursor|>");\n', "javascript", "hi"),
+        ("foo(bar[<|cursor|>])\n", "javascript", "0"),
+        ("foo(bar[<|cursor|>])\n", "javascript", "g(0)"),
+        ("print(<|cursor|>)\n", "python", "a(b)"),  # ends in `)`, but its own: the auto-closed one is owed
+    ],
+)
+def test_closers_still_owed_stay_where_they_are(source: str, language: str, raw: str) -> None:
+    assert finish(raw, context(source, language)) == Suggestion(raw, 0)
 
+
+def test_a_partly_closing_middle_replaces_only_what_it_closes() -> None:
+    source = "foo(bar[<|cursor|>])\n"
+    found = finish("0]", context(source, "javascript"))
+    assert found == Suggestion("0]", 1)
+    assert filled(source, "javascript", found) == "foo(bar[0])\n"
+
+
+def test_a_non_ascii_string_closes_its_auto_closed_quote() -> None:
+    source = 'print("<|cursor|>")\n'
+    found = finish('🌍 wörld")', context(source, "python"))
+    assert found == Suggestion('🌍 wörld")', 2)
+
+
+def test_a_retyped_rest_of_line_is_dropped_from_the_middle() -> None:
+    assert finish("x, b)", context("f(a<|cursor|>, b)\n", "python")) == Suggestion("x", 0)
+
+
+@pytest.mark.parametrize(
+    "source, language, raw",
+    [
+        ("f(a<|cursor|>, b)\n", "python", ", b)"),  # the rest of the line, nothing new
+        ("print(<|cursor|>)\n", "python", ")"),  # only the auto-closed bracket again
+        ("x = <|cursor|>\nprint(x)\n", "python", "print(x)"),  # the next line
+        ("int y = <|cursor|>\n  return y;\n", "c", "return y;"),
+        ("x = <|cursor|>\n", "python", "   \n  total"),  # whitespace only
+        ("x = <|cursor|>\n", "python", ""),
+        ("x = <|cursor|>\n", "python", "foo(" * 12),  # the sampler got stuck
+        ("s = <|cursor|>\n", "lua", "aaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    ],
+)
+def test_line_middles_that_add_nothing_are_rejected(source: str, language: str, raw: str) -> None:
+    assert finish(raw, context(source, language)) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["# ==========================", "[0, 0, 0, 0, 0, 0]", "'-' * 40", '"ab" + "ab" + "ab"'],
+)
+def test_ordinary_repetition_is_not_degenerate(raw: str) -> None:
+    assert finish(raw, context("x = <|cursor|>\n", "python")) == Suggestion(raw)
+
+
+# --- block scope ---------------------------------------------------------------------------------------
 
 PY_BODY = "def area(r):\n    <|cursor|>\n\n\ndef other():\n    return 2\n"
 
@@ -52,12 +146,40 @@ def test_brace_block_stops_before_the_closing_brace() -> None:
     assert finish_middle(raw, ctx) == "int s = a + b;\n    if (s > 9) {\n        s = 9;\n    }\n    return s;"
 
 
+def test_lua_block_stops_at_end() -> None:
+    ctx = context("local function double(x)\n  <|cursor|>\nend\n", "lua")
+    assert finish_middle("local y = x * 2\n  return y\nend\nprint(1)\n", ctx) == "local y = x * 2\n  return y"
+
+
 def test_middle_that_runs_into_the_suffix_is_cut_there() -> None:
     source = "items = []\n<|cursor|>\nprint(items)\n"
     ctx = context(source, "python")
     assert finish_middle("items.append(1)\nitems.append(2)\nprint(items)\nprint(items)\n", ctx) == (
         "items.append(1)\nitems.append(2)"
     )
+
+
+def test_a_nested_line_equal_to_the_next_line_is_not_the_suffix() -> None:
+    source = "fn f() {\n    <|cursor|>\n}\n"
+    raw = "if a {\n        return;\n    }\n    g();\n}"
+    assert finish_middle(raw, context(source, "rust")) == "if a {\n        return;\n    }\n    g();"
+
+
+def test_a_block_middle_that_is_the_next_line_is_rejected() -> None:
+    source = "func f() int {\n\t<|cursor|>\n\treturn 1\n}\n"
+    assert finish("return 1\n}\n", context(source, "go")) is None
+
+
+def test_looping_lines_are_cut_to_one() -> None:
+    ctx = context(PY_BODY, "python")
+    raw = "total = 0\n    total += r\n    total += r\n    total += r\n    total += r\n    return total"
+    assert finish_middle(raw, ctx) == "total = 0\n    total += r"
+
+
+def test_max_lines_caps_a_block() -> None:
+    ctx = context(PY_BODY, "python")
+    raw = "a = 1\n    b = 2\n    c = 3\n    return a + b + c"
+    assert finish(raw, ctx, max_lines=2) == Suggestion("a = 1\n    b = 2")
 
 
 def test_crlf_documents_get_crlf_middles() -> None:
@@ -67,4 +189,66 @@ def test_crlf_documents_get_crlf_middles() -> None:
 
 @pytest.mark.parametrize("raw", ["", "\n\n", "   "])
 def test_empty_block_middles_are_nothing(raw: str) -> None:
-    assert finish_middle(raw, context(PY_BODY, "python")) == ""
+    assert finish(raw, context(PY_BODY, "python")) is None
+
+
+# --- indentation ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("func f() {\n\tx := 1\n\tif x {\n\t\ty()\n\t}\n}\n", Indentation(False, 4)),
+        ("function f() {\n  if (x) {\n    y();\n  }\n}\n", Indentation(True, 2)),
+        ("def f():\n    if x:\n        y()\n", Indentation(True, 4)),
+        ("x = 1\ny = 2\n", Indentation(True, 4)),
+        ("", Indentation(True, 4)),
+    ],
+)
+def test_detect_indentation(text: str, expected: Indentation) -> None:
+    assert detect_indentation(text) == expected
+
+
+def test_spaces_from_the_model_become_the_tabs_of_a_go_file() -> None:
+    source = "func f(x bool) {\n\t<|cursor|>\n}\n\nfunc g() {\n\tif true {\n\t\th()\n\t}\n}\n"
+    raw = "if x {\n        y()\n    }\n    z()"
+    assert finish_middle(raw, context(source, "go")) == "if x {\n\t\ty()\n\t}\n\tz()"
+
+
+def test_two_space_levels_from_the_model_become_four_in_a_python_file() -> None:
+    source = "def f(x):\n    <|cursor|>\n\n\ndef g(y):\n    if y:\n        return 1\n"
+    raw = "if x:\n      return 1\n    return 2"
+    assert finish_middle(raw, context(source, "python")) == "if x:\n        return 1\n    return 2"
+
+
+def test_tabs_from_the_model_become_the_two_spaces_of_a_js_file() -> None:
+    source = "function f(x) {\n  <|cursor|>\n}\n\nfunction g(y) {\n  if (y) {\n    return 1;\n  }\n}\n"
+    raw = "if (x) {\n\t\treturn 1;\n\t}\n\treturn 2;"
+    assert finish_middle(raw, context(source, "javascript")) == "if (x) {\n    return 1;\n  }\n  return 2;"
+
+
+def test_matching_indentation_is_left_alone() -> None:
+    text = "if x:\n        y = (1,\n             2)\n    return y"
+    assert reindent(text, Indentation(True, 4), "    ") == text
+
+
+# --- candidates ----------------------------------------------------------------------------------------
+
+
+def test_candidates_that_break_the_parse_go_last_and_duplicates_go() -> None:
+    ctx = context("def f(x):\n    return <|cursor|>\n\n\ndef g():\n    pass\n", "python")
+    broken, good, other = Suggestion("x +"), Suggestion("x + 1"), Suggestion("-x")
+    assert rank([broken, good, broken, other], ctx) == [good, other, broken]
+
+
+def test_rank_without_a_grammar_keeps_the_model_order() -> None:
+    ctx = context("notes: <|cursor|>\n", None)
+    first, second = Suggestion("((("), Suggestion("done")
+    assert rank([first, second, first], ctx) == [first, second]
+
+
+def test_syntax_errors_counts_error_and_missing_nodes() -> None:
+    assert syntax_errors("x = (1 + 2)\n", "python") == 0
+    assert syntax_errors("x = (1 + \n", "python") >= 1
+    assert syntax_errors("int main( { return 0; }\n", "c") >= 1
+    assert syntax_errors("anything", None) is None

@@ -112,7 +112,11 @@ def cli_complete(model: Path, text: str, position: types.Position, tmp_path: Pat
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def session(tiny_checkpoint: Path):
-    client, result = await start({"modelPath": str(tiny_checkpoint), "seed": SEED})
+    # One candidate per invoked request, as `dgemma-lsp complete` computes one; no speculative work
+    # competing with the CLI runs (tests/e2e/test_completions.py covers speculation).
+    client, result = await start(
+        {"modelPath": str(tiny_checkpoint), "seed": SEED, "candidates": 1, "speculate": False}
+    )
     open_doc(client)
     yield client, result
     assert await stop(client) == 0
@@ -194,9 +198,10 @@ async def test_cancel_request_answers_request_cancelled(session) -> None:
 
 async def test_newer_request_supersedes_older_one(session) -> None:
     client, _ = session
-    older = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(HOLE)))
+    spot = types.Position(line=7, character=4)  # not asked for before: the cache does not answer it
+    older = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(spot)))
     await asyncio.sleep(0.3)
-    newer = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(HOLE)))
+    newer = asyncio.ensure_future(client.text_document_inline_completion_async(inline_params(spot)))
     with pytest.raises(JsonRpcRequestCancelled):
         await older
     assert (await newer).items

@@ -1,0 +1,220 @@
+"""`dgemma-lsp bench`: the reference and the fast backend on the same weights, in one process.
+
+Per backend: prefill (encoder over the prompt), ms per denoising step (decoder + sampler), commit (encoder
+over one canvas), one whole single-canvas completion, and tokens per forward. Repeats are interleaved
+across backends so that a busy machine slows both alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from .checkpoint import load_checkpoint, resolve_device
+from .config import named_config
+from .denoise import SamplerSettings, _encode, denoise
+from .dgemma import DGemma
+from .fast import Layout, denoise_fast, model_dtype, prefill
+from .kv_cache import KVCache
+from .load import from_hf_model, load_fast, quantize_experts, random_hf_model
+
+BACKENDS = ("reference", "fast")
+
+
+@dataclass
+class Setup:
+    models: dict[str, Any]  # backend -> transformers' model or DGemma
+    settings: SamplerSettings
+    vocab_size: int
+    canvas_length: int
+    device: torch.device
+    source: str  # checkpoint folder or "random:<config>"
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = _clock(device)
+    out = fn()
+    return (_clock(device) - start) * 1000.0, out
+
+
+def setup(
+    model: str | None,
+    *,
+    device: str | None,
+    backends: tuple[str, ...],
+    random_weights: bool,
+    config: str,
+    layers: int | None,
+    fp8_experts: bool = False,
+) -> Setup:
+    resolved = resolve_device(device)
+    dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    if random_weights:
+        hf = random_hf_model(named_config(config, layers), resolved, dtype)
+        # The fast model shares the weight tensors (only its fused projections are copies).
+        models: dict[str, Any] = {"reference": hf, "fast": from_hf_model(hf)}
+        if fp8_experts:
+            quantize_experts(models["fast"])
+        text = hf.config.text_config
+        return Setup(
+            {b: models[b] for b in backends},
+            SamplerSettings(),
+            text.vocab_size,
+            hf.config.canvas_length,
+            resolved,
+            f"random:{config}" + (f" ({layers} layers)" if layers else ""),
+        )
+    if model is None:
+        raise ValueError("pass --model DIR, or --random-weights --config NAME")
+    models = {}
+    if "reference" in backends:
+        models["reference"] = load_checkpoint(model, device).model
+    fast = load_fast(model, device, fp8_experts=fp8_experts)
+    if "fast" in backends:
+        models["fast"] = fast.model
+    return Setup(models, fast.settings, fast.vocab_size, fast.canvas_length, resolved, str(fast.path))
+
+
+def _measure_once(
+    backend: str, model: Any, s: Setup, prompt: torch.Tensor, settings: SamplerSettings, seed: int
+) -> dict[str, float]:
+    device, canvas = s.device, s.canvas_length
+    block = torch.randint(
+        0, s.vocab_size, (1, canvas), device=device, generator=torch.Generator(device).manual_seed(seed)
+    )
+    run = dict(max_new_tokens=canvas, settings=settings, generator=torch.Generator(device).manual_seed(seed))
+    if backend == "fast":
+        assert isinstance(model, DGemma)
+        cache = KVCache(model.args, prompt.numel() + canvas, device=device, dtype=model_dtype(model))
+        prefill_ms, _ = _timed(device, lambda: prefill(model, cache, prompt))
+        commit_ms, _ = _timed(device, lambda: model.encode(block, cache, prompt.numel()))
+        edited = prompt.clone()
+        edited[-2] = (edited[-2] + 1) % s.vocab_size  # a keystroke near the cursor
+        reprefill_ms, _ = _timed(device, lambda: prefill(model, cache, edited))
+        total_ms, result = _timed(device, lambda: denoise_fast(model, prompt, **run))
+        extra = {"reprefill_ms": reprefill_ms}
+        # The infilling layouts: 16 clamped suffix tokens after one middle, or after three middle lengths.
+        clamped = tuple(block[0, :16].tolist())
+        middle = canvas - len(clamped)
+        for name, layout in (
+            ("clamped", Layout((middle,), clamped)),
+            ("lengths", Layout((middle // 4, middle // 2, middle), clamped)),
+        ):
+            run["generator"] = torch.Generator(device).manual_seed(seed)
+            _, out = _timed(device, lambda layout=layout: denoise_fast(model, prompt, layout=layout, **run))
+            extra[f"{name}_step_ms"] = out.denoise_ms / out.steps
+    else:
+        text_config = model.config.get_text_config(decoder=True)
+        with torch.inference_mode():
+            cache = DynamicCache(config=text_config)
+            encoder = model.model.encoder
+            n = prompt.numel()
+            prefill_ms, _ = _timed(
+                device, lambda: _encode(model, encoder, prompt[None], cache, start=0, attended=n)
+            )
+            commit_ms, _ = _timed(
+                device, lambda: _encode(model, encoder, block, cache, start=n, attended=n + canvas)
+            )
+        total_ms, result = _timed(device, lambda: denoise(model, prompt, **run))
+        extra = {}
+    return {
+        "prefill_ms": prefill_ms,
+        "step_ms": result.denoise_ms / result.steps,
+        "commit_ms": commit_ms,
+        "completion_ms": total_ms,
+        "steps": result.steps,
+        "tokens_per_forward": len(result.tokens) / result.steps,
+        **extra,
+    }
+
+
+def measure(
+    s: Setup, *, prompt_tokens: int, steps: int | None, repeats: int, seed: int = 0
+) -> dict[str, Any]:
+    """Medians over ``repeats`` interleaved runs, per backend, plus the fast/reference ratios."""
+    settings = s.settings if steps is None else dataclasses.replace(s.settings, max_denoising_steps=steps)
+    gen = torch.Generator(s.device).manual_seed(seed)
+    prompt = torch.randint(0, s.vocab_size, (prompt_tokens,), device=s.device, generator=gen)
+    warm = dataclasses.replace(settings, max_denoising_steps=2)
+    for backend, model in s.models.items():  # first calls pay allocation and kernel selection
+        _measure_once(backend, model, s, prompt, warm, seed)
+    runs: dict[str, list[dict[str, float]]] = {b: [] for b in s.models}
+    for r in range(repeats):
+        for backend, model in s.models.items():
+            runs[backend].append(_measure_once(backend, model, s, prompt, settings, seed + r))
+    results = {b: {k: statistics.median(run[k] for run in rs) for k in rs[0]} for b, rs in runs.items()}
+    report: dict[str, Any] = {
+        "source": s.source,
+        "device": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else _cpu_name(),
+        "device_type": s.device.type,
+        "dtype": str(
+            model_dtype(s.models["fast"]) if "fast" in s.models else next(iter(s.models.values())).dtype
+        ),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "prompt_tokens": prompt_tokens,
+        "canvas_length": s.canvas_length,
+        "max_denoising_steps": settings.max_denoising_steps,
+        "repeats": repeats,
+        "results": results,
+    }
+    if set(results) == set(BACKENDS):
+        ref, fast = results["reference"], results["fast"]
+        report["speedup"] = {
+            k: ref[k] / fast[k] for k in ("prefill_ms", "step_ms", "commit_ms", "completion_ms")
+        }
+    return report
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or 'CPU'} ({os.cpu_count()} cores)"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    keys = (
+        "prefill_ms",
+        "step_ms",
+        "commit_ms",
+        "completion_ms",
+        "steps",
+        "tokens_per_forward",
+        "reprefill_ms",
+        "clamped_step_ms",
+        "lengths_step_ms",
+    )
+    names = list(report["results"])
+    lines = [
+        f"{report['source']} on {report['device']} ({report['dtype']}, {report['threads']} threads, torch "
+        f"{report['torch']}): prompt {report['prompt_tokens']} tokens, canvas {report['canvas_length']}, "
+        f"{report['max_denoising_steps']} steps, median of {report['repeats']}",
+        f"{'':20}" + "".join(f"{n:>12}" for n in names) + ("     speedup" if "speedup" in report else ""),
+    ]
+    for key in keys:
+        values = [report["results"][n].get(key) for n in names]
+        if all(v is None for v in values):
+            continue
+        row = f"{key:20}" + "".join(f"{v:12.2f}" if v is not None else f"{'-':>12}" for v in values)
+        if key in report.get("speedup", {}):
+            row += f"{report['speedup'][key]:11.2f}x"
+        lines.append(row)
+    return "\n".join(lines)

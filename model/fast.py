@@ -1,0 +1,324 @@
+"""The fast backend's denoiser: our DGemma, a static per-document KV cache, and diffusion-native infilling.
+
+The step is the reference algorithm (docs/DIFFUSIONGEMMA.md section 3): the reference backend's acceptance,
+renoise and stop-test functions, one softmax shared by the sample, the entropy and self-conditioning, and the
+same generator drawn in the same order, so a plain canvas gives the reference backend's tokens for the same
+seed. Inside a step nothing waits for the device except the stop test.
+
+Infilling modes (a canvas ``Layout``):
+* plain: one canvas of ``canvas_length`` free positions; the suffix, if any, is in the prompt;
+* clamped suffix: [m free positions | the suffix's first k tokens]; the clamped tokens are written back
+  after every renoise and left out of acceptance, entropy and stability;
+* several middle lengths m as one batch (rows padded with positions nobody attends to); the caller picks
+  a row by its scores.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from . import sampler
+from .denoise import Cancelled, DenoiseResult, SamplerSettings, cut_at_eos
+from .dgemma import DGemma
+from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One canvas row per middle length: [middle free positions | clamped ids | unused padding]."""
+
+    middles: tuple[int, ...]
+    clamped: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.middles or min(self.middles) < 1:
+            raise ValueError(f"middle lengths must be >= 1, got {self.middles}")
+
+    @property
+    def width(self) -> int:
+        return max(self.middles) + len(self.clamped)
+
+    @property
+    def plain(self) -> bool:
+        return len(self.middles) == 1 and not self.clamped
+
+    def masks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """free [B, W], fixed [B, W] (clamped positions) and the ids to clamp there [B, W]."""
+        column = torch.arange(self.width, device=device)[None, :]
+        middle = torch.tensor(self.middles, device=device)[:, None]
+        free = column < middle
+        fixed = (column >= middle) & (column < middle + len(self.clamped))
+        ids = torch.tensor([*self.clamped, 0], device=device)  # the 0 pads rows past their suffix
+        fixed_ids = torch.where(fixed, ids[(column - middle).clamp(0, len(self.clamped))], 0)
+        return free, fixed, fixed_ids
+
+
+@dataclass
+class CanvasResult:
+    argmax: torch.Tensor  # [B, W] each row's argmax at the step it stopped (or the last step)
+    mean_entropy: torch.Tensor  # [B] over the free positions, at that step
+    suffix_logprob: torch.Tensor  # [B] mean log-probability of the clamped ids (0 without any)
+    steps: int
+
+
+@dataclass
+class FastResult(DenoiseResult):
+    reused_tokens: int = 0  # prompt tokens whose K/V came from the document's cache
+    candidates: list[Candidate] = field(default_factory=list)  # one per middle length, best first
+
+
+@dataclass
+class Candidate:
+    tokens: list[int]  # the middle, cut at EOS, trailing pad/EOS removed
+    middle_length: int
+    mean_entropy: float
+    suffix_logprob: float
+
+
+def step_statistics(z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """softmax(z), its entropy and one sample per position, sharing one softmax.
+
+    The sample is ``torch.multinomial(softmax(z), 1)`` op for op (exponential noise, p / q, argmax), so it
+    consumes the generator exactly like the reference, minus multinomial's validity check, which syncs.
+    """
+    log_p = z - z.logsumexp(dim=-1, keepdim=True)
+    probs = log_p.exp()
+    token_entropy = -(probs * log_p).sum(-1)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return probs, token_entropy, (probs / noise).argmax(dim=-1)
+
+
+def accept_free(token_entropy: torch.Tensor, free: torch.Tensor, bound: float) -> torch.Tensor:
+    """Entropy-bound acceptance among the free positions only; the clamped ones sort last, never taken."""
+    return sampler.accept_mask(token_entropy.masked_fill(~free, math.inf), bound) & free
+
+
+def stop_free(
+    argmax: torch.Tensor,
+    history: torch.Tensor,
+    token_entropy: torch.Tensor,
+    free: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stop test over the free positions (their argmax stable, their mean entropy below ``threshold``).
+
+    Returns (stop per row, new history, mean entropy of the free positions per row).
+    """
+    mean = (token_entropy * free).sum(-1) / free.sum(-1)
+    stop, history = sampler.stop_test(argmax.masked_fill(~free, 0), history, mean[:, None], threshold)
+    return stop, history, mean
+
+
+def prefill(model: DGemma, cache: KVCache, ids: torch.Tensor) -> int:
+    """Make ``cache`` hold the K/V of prompt ``ids`` [P], re-encoding only from the first changed token.
+
+    Returns how many leading tokens were reused. The cache never claims entries that were not written, so a
+    failed or interrupted encode leaves it valid (just shorter).
+    """
+    reused = cache.reusable(ids)
+    cache.truncate(reused)
+    if reused < ids.numel():
+        model.encode(ids[None, reused:], cache, reused)
+        cache.extend(ids[reused:])
+    return reused
+
+
+def _denoise_canvas(
+    model: DGemma,
+    cache: KVCache,
+    layout: Layout,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    temps: dict[int, torch.Tensor],
+    cancelled: Callable[[], bool],
+    on_step: Callable[[], None],
+) -> CanvasResult:
+    device = cache.device
+    vocab = model.args.vocab_size
+    free, fixed, fixed_ids = layout.masks(device)
+    rows = free.shape[0]
+    canvas = sampler.random_canvas(tuple(free.shape), vocab, generator, device)
+    if not layout.plain:
+        canvas = torch.where(fixed, fixed_ids, canvas)
+    keys = None if layout.plain else free | fixed
+    history = sampler.new_history(settings.stability_threshold, canvas)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    final = canvas
+    mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
+    prev_probs: torch.Tensor | None = None
+    dtype = model_dtype(model)
+    steps = 0
+    for t in range(settings.max_denoising_steps, 0, -1):
+        if cancelled():
+            raise Cancelled()
+        z = sampler.scale_logits(model.decode(canvas, cache, prev_probs, keys), temps[t])
+        probs, token_entropy, sampled = step_statistics(z, generator)
+        argmax = torch.argmax(z, dim=-1)
+        if layout.plain:
+            accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
+            canvas = sampler.renoise(sampled, accepted, vocab, generator)
+            stop, history = sampler.stop_test(argmax, history, token_entropy, settings.confidence_threshold)
+            step_entropy = token_entropy.mean(-1)
+        else:
+            accepted = accept_free(token_entropy, free, settings.entropy_bound)
+            canvas = torch.where(fixed, fixed_ids, sampler.renoise(sampled, accepted, vocab, generator))
+            stop, history, step_entropy = stop_free(
+                argmax, history, token_entropy, free, settings.confidence_threshold
+            )
+        # Rows that stopped keep their result; the others take this step's.
+        keep = done[:, None]
+        final = torch.where(keep, final, argmax)
+        mean_entropy = torch.where(done, mean_entropy, step_entropy)
+        if layout.clamped:
+            log_p = torch.log_softmax(z, dim=-1).gather(-1, fixed_ids[..., None])[..., 0]
+            logprob = (log_p * fixed).sum(-1) / fixed.sum(-1)
+            suffix_logprob = torch.where(done, suffix_logprob, logprob)
+        done = done | stop
+        # The reference feeds back softmax(z) computed in the weight dtype (bf16 on CUDA).
+        prev_probs = (
+            probs if z.dtype == dtype else torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
+        )
+        steps += 1
+        on_step()
+        if bool(done.all()):  # the one host sync per step
+            break
+    return CanvasResult(final, mean_entropy, suffix_logprob, steps)
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def denoise_fast(
+    model: DGemma,
+    prompt_ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    cache: KVCache | None = None,
+    layout: Layout | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int], None] | None = None,
+) -> FastResult:
+    """Generate after ``prompt_ids`` [P] like ``denoise.denoise`` (same seed, same tokens), on our model.
+
+    ``cache``: the document's KVCache, reused from the first changed token (a fresh one when None).
+    ``layout``: an infilling layout (one canvas; ``max_new_tokens`` is then ignored). Without it, plain
+    canvases of ``canvas_length`` are denoised and committed until EOS or ``max_new_tokens``.
+    """
+    args = model.args
+    device = model.embed_tokens.weight.device
+    ids = prompt_ids.to(device=device, dtype=torch.long).flatten()
+    if ids.numel() == 0:
+        raise ValueError("prompt_ids must not be empty")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, model on {device}: create it on {device.type}")
+    n_blocks = 1 if layout is not None else math.ceil(max_new_tokens / args.canvas_length)
+    if cache is None:
+        cache = KVCache(
+            args, ids.numel() + n_blocks * args.canvas_length, device=device, dtype=model_dtype(model)
+        )
+    temps = {t: sampler.temperature(t, settings, device) for t in range(1, settings.max_denoising_steps + 1)}
+    steps = 0
+
+    def count() -> None:
+        nonlocal steps
+        steps += 1
+        if on_step is not None:
+            on_step(steps)
+
+    with torch.inference_mode():
+        t0 = _clock(device)
+        reused = prefill(model, cache, ids)
+        t1 = _clock(device)
+        if layout is not None:
+            out = _denoise_canvas(model, cache, layout, settings, generator, temps, cancelled, count)
+            candidates = []
+            for row, middle in enumerate(layout.middles):
+                tokens, _ = cut_at_eos(out.argmax[row, :middle].tolist(), settings.eos_token_ids, -1)
+                while tokens and tokens[-1] in (settings.pad_token_id, *settings.eos_token_ids):
+                    tokens.pop()
+                entropy, logprob = float(out.mean_entropy[row]), float(out.suffix_logprob[row])
+                candidates.append(Candidate(tokens, middle, entropy, logprob))
+            candidates.sort(key=rank, reverse=True)
+            best = candidates[0]
+            return FastResult(
+                tokens=best.tokens,
+                hit_eos=len(best.tokens) < best.middle_length,
+                steps=steps,
+                blocks=1,
+                prefill_ms=(t1 - t0) * 1000.0,
+                denoise_ms=(_clock(device) - t1) * 1000.0,
+                reused_tokens=reused,
+                candidates=candidates,
+            )
+
+        generated: list[int] = []
+        hit_eos = False
+        blocks = 0
+        argmax = torch.empty(0)
+        plain = Layout((args.canvas_length,))
+        for block in range(n_blocks):
+            if block > 0:  # commit the previous canvas (causal encoder pass)
+                model.encode(argmax, cache, cache.length)
+                cache.extend(argmax[0])
+            argmax = _denoise_canvas(model, cache, plain, settings, generator, temps, cancelled, count).argmax
+            blocks += 1
+            block_ids = argmax[0].tolist()
+            generated.extend(block_ids)
+            if any(tok in settings.eos_token_ids for tok in block_ids):
+                hit_eos = True
+                break
+        t2 = _clock(device)
+    tokens, _ = cut_at_eos(generated, settings.eos_token_ids, settings.pad_token_id)
+    return FastResult(
+        tokens=tokens,
+        hit_eos=hit_eos,
+        steps=steps,
+        blocks=blocks,
+        prefill_ms=(t1 - t0) * 1000.0,
+        denoise_ms=(t2 - t1) * 1000.0,
+        reused_tokens=reused,
+    )
+
+
+def rank(candidate: Candidate) -> tuple[float, float]:
+    """Higher is better: how well the middle leads into the clamped suffix, then how sure the model is."""
+    return (candidate.suffix_logprob, -candidate.mean_entropy)
+
+
+def model_dtype(model: DGemma) -> torch.dtype:
+    return model.embed_tokens.weight.dtype
+
+
+class CacheSlots:
+    """One KVCache per open document (least recently used dropped beyond ``max_slots``)."""
+
+    def __init__(self, model: DGemma, max_slots: int = 4, capacity: int = 1024) -> None:
+        self.model, self.max_slots, self.capacity = model, max_slots, capacity
+        self._slots: OrderedDict[str, KVCache] = OrderedDict()
+
+    def get(self, key: str) -> KVCache:
+        if key in self._slots:
+            self._slots.move_to_end(key)
+            return self._slots[key]
+        while len(self._slots) >= self.max_slots:
+            self._slots.popitem(last=False)
+        device = self.model.embed_tokens.weight.device
+        cache = KVCache(self.model.args, self.capacity, device=device, dtype=model_dtype(self.model))
+        self._slots[key] = cache
+        return cache
+
+    def drop(self, key: str) -> None:
+        self._slots.pop(key, None)
