@@ -72,6 +72,8 @@ class RunReport:
             "empty_fraction": sum(s.outcome == "empty" for s in self.samples) / n if n else None,
             "errors": sum(s.outcome == "error" for s in self.samples),
             "accepted": self.accepted,
+            "cache_hit_rate": (self.stats or {}).get("cache", {}).get("hitRate"),
+            "steps_per_completion": (self.stats or {}).get("stepsPerCompletion"),
             "server_stats": self.stats,
         }
 
@@ -208,9 +210,18 @@ class Replayer:
             if self.pending:
                 await asyncio.gather(*self.pending)
         try:
-            report.stats = await self.client.protocol.send_request_async("dgemma/stats", {})
+            report.stats = _plain(await self.client.protocol.send_request_async("dgemma/stats", {}))
         except JsonRpcException:
             report.stats = None  # a server without the stats request
+
+
+def _plain(value: Any) -> Any:
+    """pygls hands back results of custom requests as namedtuples; turn them back into JSON shapes."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
