@@ -14,7 +14,7 @@ from transformers import DiffusionGemmaConfig
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 # A tiny vision tower: building a named config must not allocate transformers' 167M-parameter default.
-_TINY_VISION = {
+TINY_VISION = {
     "model_type": "gemma4_vision",
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -161,5 +161,5 @@ def named_config(name: str, layers: int | None = None) -> DiffusionGemmaConfig:
             FULL if (i + 1) % 6 == 0 or i == layers - 1 else SLIDING for i in range(layers)
         ]
     return DiffusionGemmaConfig(
-        text_config=text, vision_config=dict(_TINY_VISION), canvas_length=spec["canvas_length"]
+        text_config=text, vision_config=dict(TINY_VISION), canvas_length=spec["canvas_length"]
     )

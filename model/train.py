@@ -37,6 +37,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 
+from dgemma_lsp.model.config import TINY_VISION
+
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
 # Licences that allow redistributing weights derived from the code (no copyleft).
@@ -196,12 +198,8 @@ def make_config(size: Size) -> DiffusionGemmaConfig:
         "bos_token_id": 2,
     }
     # The vision tower is never used for code, but the class builds one: keep it minute.
-    vision_config = {
-        "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16, "position_embedding_size": 64,
-    }  # fmt: skip
     return DiffusionGemmaConfig(
-        text_config=text_config, vision_config=vision_config, canvas_length=size.canvas
+        text_config=text_config, vision_config=dict(TINY_VISION), canvas_length=size.canvas
     )
 
 

@@ -16,6 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from dgemma_lsp.model.config import NAMED_CONFIGS, TINY_VISION
+
 VOCAB_SIZE = 1024
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_TOKENS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
@@ -86,39 +88,16 @@ def build_tokenizer(*, fim: bool = True, chat_template: bool = False) -> PreTrai
 
 
 def tiny_config(canvas_length: int = 32) -> DiffusionGemmaConfig:
-    """The CPU toy config of docs/DIFFUSIONGEMMA.md section 7, with a tiny vision tower."""
+    """The CPU toy config of docs/DIFFUSIONGEMMA.md section 7 (5 sliding + 1 full), tiny vision tower."""
     text_config = {
+        **NAMED_CONFIGS["tiny"]["text_config"],
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 6,  # 5 sliding + 1 full
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "global_head_dim": 32,
-        "num_global_key_value_heads": 1,
-        "num_experts": 4,
-        "top_k_experts": 2,
-        "moe_intermediate_size": 32,
-        "sliding_window": 16,
-        "use_bidirectional_attention": "vision",
         "pad_token_id": 0,
         "eos_token_id": 1,
         "bos_token_id": 2,
     }
-    # Without an explicit vision config transformers builds a ~167M-parameter default vision tower.
-    vision_config = {
-        "model_type": "gemma4_vision",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "position_embedding_size": 64,
-    }
     return DiffusionGemmaConfig(
-        text_config=text_config, vision_config=vision_config, canvas_length=canvas_length
+        text_config=text_config, vision_config=dict(TINY_VISION), canvas_length=canvas_length
     )
 
 
