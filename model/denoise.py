@@ -156,6 +156,13 @@ def cut_at_eos(ids: list[int], eos_token_ids: tuple[int, ...], pad_token_id: int
     return ids[:end], hit
 
 
+def append_block(generated: list[int], argmax: torch.Tensor, settings: SamplerSettings) -> bool:
+    """Append a finished canvas (its argmax, batch row 0); True when it holds an EOS and generation stops."""
+    block_ids = argmax[0].tolist()
+    generated.extend(block_ids)
+    return any(tok in settings.eos_token_ids for tok in block_ids)
+
+
 def denoise(
     loaded_or_model: LoadedModel | DiffusionGemmaForBlockDiffusion,
     prompt_ids: torch.LongTensor,
@@ -268,9 +275,7 @@ def denoise(
 
             assert argmax is not None
             blocks += 1
-            block_ids = argmax[0].tolist()
-            generated.extend(block_ids)
-            if any(tok in settings.eos_token_ids for tok in block_ids):
+            if append_block(generated, argmax, settings):
                 hit_eos = True
                 break
         t2 = _clock(device)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import sampler
-from .denoise import Cancelled, DenoiseResult, SamplerSettings, cut_at_eos
+from .denoise import Cancelled, DenoiseResult, SamplerSettings, append_block, cut_at_eos
 from .dgemma import DGemma
 from .kv_cache import KVCache
 
@@ -275,9 +275,7 @@ def denoise_fast(
                 cache.extend(argmax[0])
             argmax = _denoise_canvas(model, cache, plain, settings, generator, temps, cancelled, count).argmax
             blocks += 1
-            block_ids = argmax[0].tolist()
-            generated.extend(block_ids)
-            if any(tok in settings.eos_token_ids for tok in block_ids):
+            if append_block(generated, argmax, settings):
                 hit_eos = True
                 break
         t2 = _clock(device)
