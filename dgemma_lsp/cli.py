@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from dgemma_lsp import __version__
 from dgemma_lsp.log import setup_logging
-from dgemma_lsp.options import MODEL_ENV
+from dgemma_lsp.options import MODEL_ENV, Options, resolve_model_path
 
 log = logging.getLogger("dgemma_lsp")
 
@@ -23,7 +22,9 @@ DOCTOR_LANGUAGES = ["python", "javascript", "typescript", "go", "rust", "c", "cp
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--model", metavar="DIR", help=f"DiffusionGemma checkpoint folder (default: ${MODEL_ENV})"
+        "--model",
+        metavar="DIR",
+        help=f"DiffusionGemma checkpoint folder (default: ${MODEL_ENV}, else the bundled small model)",
     )
     common.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     common.add_argument(
@@ -130,7 +131,7 @@ def _bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         s = setup(
-            args.model or os.environ.get(MODEL_ENV),
+            resolve_model_path(args.model, Options()),
             device=args.device,
             backends=(args.backend,) if args.backend else BACKENDS,
             random_weights=args.random_weights,
@@ -167,7 +168,7 @@ def _complete(args: argparse.Namespace) -> int:
     from dgemma_lsp.model.checkpoint import ModelLoadError
     from dgemma_lsp.model.infill import Infiller
 
-    model_path = args.model or os.environ.get(MODEL_ENV)
+    model_path = resolve_model_path(args.model, Options())
     if not model_path:
         print(f"dgemma-lsp: no model: pass --model DIR or set ${MODEL_ENV}", file=sys.stderr)
         return 2
@@ -232,7 +233,7 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     generator = None
     if completions is None:
-        model_path = args.model or os.environ.get(MODEL_ENV)
+        model_path = resolve_model_path(args.model, Options())
         if not model_path:
             print(
                 f"dgemma-lsp: no model: pass --model DIR, set ${MODEL_ENV}, or --from-completions",
@@ -268,7 +269,7 @@ def _replay(args: argparse.Namespace) -> int:
     if len(configs) != 2:
         print("dgemma-lsp: replay compares exactly two --config NAME=JSON", file=sys.stderr)
         return 2
-    model = args.model or os.environ.get(MODEL_ENV)
+    model = resolve_model_path(args.model, Options())
     summaries = asyncio.run(replay(configs, args.files, model=model, sites=args.sites, seed=args.seed))
     report = {"configs": summaries, "latency_ratio": ratios(summaries)}
     if args.json:
@@ -328,7 +329,7 @@ def _doctor(args: argparse.Namespace) -> int:
         "tree-sitter", not broken, "missing: " + ", ".join(broken) if broken else ", ".join(DOCTOR_LANGUAGES)
     )
 
-    model_path = args.model or os.environ.get(MODEL_ENV)
+    model_path = resolve_model_path(args.model, Options())
     if not model_path:
         report("model", False, f"none configured: pass --model DIR or set ${MODEL_ENV}")
     else:

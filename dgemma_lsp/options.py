@@ -7,11 +7,16 @@ the problem so the server can tell the user (window/showMessage + log).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+import dgemma_lsp.model
+
 MODEL_ENV = "DGEMMA_MODEL"
+# The demonstration model trained by the project (model/train.py), shipped inside the package.
+BUNDLED_MODEL = Path(dgemma_lsp.model.__path__[0]) / "bundled"
 MAX_CANDIDATES = 5
 
 
@@ -79,5 +84,7 @@ def parse_options(raw: Any, source: str = "initializationOptions") -> tuple[Opti
 
 
 def resolve_model_path(cli_model: str | None, options: Options) -> str | None:
-    """Where the model comes from: --model, then initializationOptions.modelPath, then $DGEMMA_MODEL."""
-    return cli_model or options.model_path or os.environ.get(MODEL_ENV) or None
+    """Where the model comes from: --model, then initializationOptions.modelPath, then $DGEMMA_MODEL, then
+    the small model bundled with the package (None only if that was removed)."""
+    bundled = BUNDLED_MODEL if (BUNDLED_MODEL / "config.json").is_file() else None
+    return cli_model or options.model_path or os.environ.get(MODEL_ENV) or (bundled and str(bundled))

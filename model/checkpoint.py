@@ -45,6 +45,7 @@ class LoadedModel:
     settings: SamplerSettings
     canvas_length: int
     vocab_size: int
+    max_positions: int | None = None  # max_position_embeddings: small models are trained no longer
 
     @property
     def backend(self) -> str:
@@ -281,4 +282,5 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
         settings=settings,
         canvas_length=int(model.config.canvas_length),
         vocab_size=vocab_size,
+        max_positions=model.config.text_config.max_position_embeddings,
     )

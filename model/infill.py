@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 # "plain": the suffix is only in the prompt; "clamped": its first tokens are also held fixed in the canvas
 # right after the middle; "lengths": clamped, with several middle lengths denoised as one batch.
 CanvasMode = Literal["plain", "clamped", "lengths"]
-CLAMPED_SUFFIX_TOKENS = 16
+
+
+def clamped_suffix_tokens(canvas_length: int) -> int:
+    """How many suffix tokens the clamped modes hold fixed at the end of the canvas (training agrees)."""
+    return min(16, canvas_length // 4)
 
 
 @dataclass
@@ -107,6 +111,9 @@ class Infiller:
         """
         loaded = self.loaded
         parts = build_prompt_parts(loaded.tokenizer, prefix, suffix, language=language, mode=self.prompt_mode)
+        if loaded.max_positions is not None:  # a small model: keep the prompt and one canvas in range
+            fits = max(1, loaded.max_positions - loaded.canvas_length)
+            max_prompt_tokens = min(max_prompt_tokens or fits, fits)
         prompt = parts.truncated(max_prompt_tokens)
         if seed is None:
             seed = secrets.randbits(63)
@@ -153,7 +160,7 @@ class Infiller:
             return None
         # The plain prompt form leaves the suffix out of the prompt: tokenize it for the canvas alone.
         suffix_ids = suffix_ids or _encode(self.loaded.tokenizer, suffix, code=True)
-        clamped = tuple(suffix_ids[:CLAMPED_SUFFIX_TOKENS])
+        clamped = tuple(suffix_ids[: clamped_suffix_tokens(self.loaded.canvas_length)])
         middle = max(1, min(max_new_tokens, self.loaded.canvas_length - len(clamped)))
         if self.canvas_mode == "clamped":
             return Layout((middle,), clamped)

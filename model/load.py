@@ -168,4 +168,5 @@ def load_fast(
         settings=checked.settings,
         canvas_length=args.canvas_length,
         vocab_size=args.vocab_size,
+        max_positions=config.text_config.max_position_embeddings,
     )

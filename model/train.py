@@ -20,6 +20,7 @@ FIM ones with the suffix clamped into the canvas after the middle (clean, not sc
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -38,6 +39,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 
 from dgemma_lsp.model.config import TINY_VISION
+from dgemma_lsp.model.infill import clamped_suffix_tokens
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
@@ -51,19 +53,21 @@ MAX_PACKAGE_BYTES = 3_000_000  # so one big package does not dominate
 
 @dataclass(frozen=True)
 class Size:
-    """Model shape. `small` is the bundled model; `toy` is for smoke tests."""
+    """Model shape. `small` is the bundled model (sized to train on a CPU in hours and to fill a line in
+    well under 150 ms on two cores); `toy` is for smoke tests."""
 
-    vocab: int = 8192
-    hidden: int = 256
+    vocab: int = 4096
+    hidden: int = 128
     layers: int = 4
     heads: int = 4
-    head_dim: int = 64
+    head_dim: int = 32
     experts: int = 4
-    expert_width: int = 256
-    mlp_width: int = 512
-    window: int = 128
+    expert_width: int = 128
+    mlp_width: int = 256
+    window: int = 64
     canvas: int = 32
     prompt: int = 192
+    positions: int = 256  # max_position_embeddings: the prompt is cut to fit one canvas after it
 
 
 SIZES = {
@@ -79,7 +83,8 @@ SIZES = {
         mlp_width=64,
         window=16,
         canvas=16,
-        prompt=32,
+        prompt=64,
+        positions=96,
     ),  # fmt: skip
 }
 
@@ -191,7 +196,7 @@ def make_config(size: Size) -> DiffusionGemmaConfig:
         "top_k_experts": 2,
         "moe_intermediate_size": size.expert_width,
         "sliding_window": size.window,
-        "max_position_embeddings": 8192,
+        "max_position_embeddings": size.positions,
         "use_bidirectional_attention": "vision",
         "pad_token_id": 0,
         "eos_token_id": 1,
@@ -214,43 +219,68 @@ class Batch:
 
 
 class Examples:
-    """Fixed-shape examples cut from the tokenized training files (no padding in the prompt)."""
+    """Fixed-shape examples cut from the tokenized training files (no padding in the prompt).
 
-    def __init__(self, files: list[list[int]], size: Size, ids: dict[str, int], rng: random.Random) -> None:
+    FIM middles are the rest of a line, whole lines or random spans, up to three canvases long. A middle
+    longer than one canvas is trained one block at a time, the blocks before it written after
+    <|fim_middle|> in the prompt, as block diffusion sees them at inference.
+    """
+
+    def __init__(
+        self,
+        files: list[list[int]],
+        size: Size,
+        ids: dict[str, int],
+        newline_ids: set[int],
+        rng: random.Random,
+    ) -> None:
         self.files = [f for f in files if len(f) > size.prompt + size.canvas]
         self.size, self.ids, self.rng = size, ids, rng
         if not self.files:
             raise ValueError("no training file is long enough for one example")
+        # Where each file's lines end: positions of tokens that contain a newline.
+        self.line_ends = [[i for i, t in enumerate(f) if t in newline_ids] for f in self.files]
+
+    def _middle(self, index: int) -> tuple[int, int]:
+        """[start, end) of a middle in file ``index``: the rest of a line, whole lines or a random span."""
+        s, rng, tokens, ends = self.size, self.rng, self.files[index], self.line_ends[index]
+        longest = min(3 * s.canvas, s.prompt // 2) - 1
+        start = rng.randrange(1, len(tokens) - longest)
+        kind = rng.random()
+        if ends and kind < 0.6:
+            at = bisect.bisect_left(ends, start)
+            if kind < 0.35 and at < len(ends):  # from the cursor to the end of its line
+                return start, min(ends[at], start + longest)
+            if at + 1 < len(ends):  # whole lines: after one newline up to and including a later one
+                last = min(len(ends) - 1, at + rng.randint(1, 4))
+                return ends[at] + 1, min(ends[last] + 1, ends[at] + 1 + longest)
+        length = rng.choice([rng.randint(1, 8), rng.randint(1, s.canvas - 1), rng.randint(1, longest)])
+        return start, start + length
 
     def one(self) -> tuple[list[int], list[int], list[bool]]:
         s, ids, rng = self.size, self.ids, self.rng
-        tokens = rng.choice(self.files)
-        if rng.random() < 0.3:  # plain continuation: prompt, then the next canvas of tokens
+        index = rng.randrange(len(self.files))
+        tokens = self.files[index]
+        if rng.random() < 0.25:  # plain continuation: prompt, then the next canvas of tokens
             start = rng.randrange(len(tokens) - s.prompt - s.canvas)
             window = tokens[start : start + s.prompt + s.canvas]
             return window[: s.prompt], window[s.prompt :], [True] * s.canvas
-        # FIM: middle of 1..canvas-1 tokens, then EOS; prefix and suffix fill the prompt around sentinels.
-        budget = s.prompt - 4
-        middle_len = rng.choice([rng.randint(1, 8), rng.randint(1, s.canvas - 1)])
-        start = rng.randrange(1, len(tokens) - middle_len)
-        middle = tokens[start : start + middle_len]
-        prefix_len = rng.randint(budget // 4, budget)
-        prefix = tokens[max(0, start - prefix_len) : start]
-        suffix = tokens[start + middle_len : start + middle_len + budget - len(prefix)]
+        start, end = self._middle(index)
+        middle = [*tokens[start:end], ids[EOS]]
+        block = rng.randrange((len(middle) + s.canvas - 1) // s.canvas)
+        done, canvas = middle[: block * s.canvas], middle[block * s.canvas : (block + 1) * s.canvas]
+        budget = s.prompt - 4 - len(done)
+        prefix = tokens[max(0, start - rng.randint(budget // 4, budget)) : start]
+        suffix = tokens[end : end + budget - len(prefix)]
         prefix = [ids[PAD]] * (budget - len(prefix) - len(suffix)) + prefix  # rare: short file
-        prompt = [ids[BOS], ids[FIM_PREFIX], *prefix, ids[FIM_SUFFIX], *suffix, ids[FIM_MIDDLE]]
-        canvas = [*middle, ids[EOS]]
-        scored = [True] * len(canvas)
-        free = s.canvas - len(canvas)
-        if rng.random() < 0.25 and free > 1:  # clamped suffix: a few pad slots, then the suffix, kept clean
-            gap = rng.randint(0, min(4, free - 1))
-            canvas += [ids[PAD]] * gap
-            scored += [True] * gap
-            clamp = suffix[: s.canvas - len(canvas)]
-            canvas += clamp
-            scored += [False] * len(clamp)
-        scored += [True] * (s.canvas - len(canvas))
-        canvas += [ids[PAD]] * (s.canvas - len(canvas))
+        prompt = [ids[BOS], ids[FIM_PREFIX], *prefix, ids[FIM_SUFFIX], *suffix, ids[FIM_MIDDLE], *done]
+        clamp: list[int] = []
+        if canvas[-1] == ids[EOS] and rng.random() < 0.25:  # the suffix clamped at the canvas end, as
+            clamp = suffix[: clamped_suffix_tokens(s.canvas)]  # infill.py lays it out; clean, not scored
+            if len(canvas) > s.canvas - len(clamp):
+                clamp = []
+        canvas = canvas + [ids[PAD]] * (s.canvas - len(canvas) - len(clamp)) + clamp
+        scored = [True] * (s.canvas - len(clamp)) + [False] * len(clamp)
         return prompt, canvas, scored
 
     def batch(self, n: int, device: torch.device) -> Batch:
@@ -363,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer.save_pretrained(tokenizer_dir)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
     encoded = [tokenizer.encode(t, add_special_tokens=False) for t in train_texts]
-    examples = Examples(encoded, size, ids, rng)
+    newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
+    examples = Examples(encoded, size, ids, newline_ids, rng)
 
     model = DiffusionGemmaForBlockDiffusion(make_config(size)).to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dgemma_lsp import __version__
+from dgemma_lsp import __version__, options
 from dgemma_lsp.cli import main
 
 SOURCE = 'def greet(name):\n    message = "Hello, " + \n    print(message)\n'
@@ -41,8 +41,13 @@ def test_complete_json_has_the_contract_fields(tiny_checkpoint: Path, source: Pa
     assert capsys.readouterr().out == result["text"] + "\n"
 
 
-def test_complete_without_a_model_says_how_to_get_one(source: Path, capsys, monkeypatch) -> None:
+def test_complete_defaults_to_the_bundled_model(source: Path, capsys, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    assert main(["complete", str(source), "--line", "1", "--character", "11", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == str(options.BUNDLED_MODEL) and result["steps"] >= 1
+    # A package whose bundled model was removed: say how to get one.
+    monkeypatch.setattr(options, "BUNDLED_MODEL", tmp_path / "removed")
     assert main(["complete", str(source), "--line", "0", "--character", "0"]) == 2
     assert "--model" in capsys.readouterr().err
 
@@ -66,11 +71,14 @@ def test_complete_reports_a_corrupt_checkpoint(
     assert "config.json" in capsys.readouterr().err
 
 
-def test_doctor_checks_everything(tiny_checkpoint: Path, capsys, monkeypatch) -> None:
+def test_doctor_checks_everything(tiny_checkpoint: Path, capsys, monkeypatch, tmp_path: Path) -> None:
     assert main(["doctor", "--model", str(tiny_checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "[ok] model" in out and "[ok] tree-sitter" in out and "[ok] torch" in out
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    assert main(["doctor"]) == 0
+    assert f"[ok] model: {options.BUNDLED_MODEL}" in capsys.readouterr().out
+    monkeypatch.setattr(options, "BUNDLED_MODEL", tmp_path / "removed")
     assert main(["doctor"]) == 1
     assert "[FAIL] model" in capsys.readouterr().out
 

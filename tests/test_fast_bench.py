@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dgemma_lsp import options
 from dgemma_lsp.cli import main
 from dgemma_lsp.engine import complete, load_model
 from dgemma_lsp.model.dgemma import DGemma
-from dgemma_lsp.model.infill import Infiller
+from dgemma_lsp.model.infill import Infiller, clamped_suffix_tokens
 from dgemma_lsp.options import Options, parse_options
 
 KEYS = {"prefill_ms", "step_ms", "commit_ms", "completion_ms", "steps", "tokens_per_forward"}
@@ -52,8 +53,11 @@ def test_bench_with_random_weights_needs_no_checkpoint(capsys) -> None:
     assert "random:tiny (2 layers)" in printed and "reference" not in printed
 
 
-def test_bench_without_a_model_says_what_to_pass(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_bench_without_a_model_says_what_to_pass(
+    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    monkeypatch.setattr(options, "BUNDLED_MODEL", tmp_path / "removed")
     assert main(["bench"]) == 2
     assert "--random-weights" in capsys.readouterr().err
 
@@ -84,7 +88,8 @@ def test_canvas_modes_fill_through_the_infiller(tiny_checkpoint: Path, mode: str
     infiller = Infiller(loaded, canvas_mode=mode)
     prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
     fill = infiller.fill(prefix, suffix, max_new_tokens=48, seed=2, language="python", key="a.py")
-    clamped = min(16, len(loaded.tokenizer.encode(suffix, add_special_tokens=False)))
+    suffix_tokens = len(loaded.tokenizer.encode(suffix, add_special_tokens=False))
+    clamped = min(clamped_suffix_tokens(loaded.canvas_length), suffix_tokens)
     assert fill.steps == 3 and fill.tokens <= 32 - clamped  # the middle sits in front of the clamped suffix
     again = infiller.fill(prefix, suffix, max_new_tokens=48, seed=2, language="python", key="a.py")
     assert again.text == fill.text and again.reused_tokens == fill.prompt_tokens

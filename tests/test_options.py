@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from dgemma_lsp import options as options_module
 from dgemma_lsp.options import MODEL_ENV, Options, parse_options, resolve_model_path
 
 
@@ -31,12 +34,15 @@ def test_one_bad_key_does_not_lose_the_others() -> None:
     assert problem is not None and "seed" in problem
 
 
-def test_model_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_path_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(MODEL_ENV, "/env")
     assert resolve_model_path("/cli", Options(model_path="/init")) == "/cli"
     assert resolve_model_path(None, Options(model_path="/init")) == "/init"
     assert resolve_model_path(None, Options()) == "/env"
     monkeypatch.delenv(MODEL_ENV)
+    assert resolve_model_path(None, Options()) == str(options_module.BUNDLED_MODEL)  # shipped in the package
+    assert (options_module.BUNDLED_MODEL / "model.safetensors").is_file()
+    monkeypatch.setattr(options_module, "BUNDLED_MODEL", tmp_path / "removed")
     assert resolve_model_path(None, Options()) is None
 
 

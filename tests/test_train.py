@@ -29,14 +29,21 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
 
     size = SIZES["toy"]
     ids = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
-    batch = Examples([list(range(6, 400))], size, ids, random.Random(0)).batch(64, torch.device("cpu"))
-    assert batch.prompt.shape == (64, size.prompt) and batch.canvas.shape == (64, size.canvas)
+    newline = 6  # every 7th token ends a line
+    tokens = [newline if i % 7 == 0 else i for i in range(7, 400)]
+    examples = Examples([tokens], size, ids, {newline}, random.Random(0))
+    batch = examples.batch(256, torch.device("cpu"))
+    assert batch.prompt.shape == (256, size.prompt) and batch.canvas.shape == (256, size.canvas)
     fim = batch.prompt[:, 1] == 3
     assert fim.any() and (~fim).any()  # both FIM and plain continuation examples
-    assert (batch.prompt[fim, -1] == 5).all() and (batch.canvas[fim] == 1).any(
-        dim=1
-    ).all()  # middle ends in EOS
+    middle_at = (batch.prompt[fim] == 5).int().argmax(dim=1)
+    assert (batch.prompt[fim] == 5).sum(dim=1).eq(1).all()
+    assert (middle_at == size.prompt - 1).any() and (middle_at < size.prompt - 1).any()  # later blocks
+    assert (batch.canvas[fim] == 1).any(dim=1).any()  # middles end in EOS
     assert (~batch.scored).any()  # some canvases carry a clamped suffix that is not scored
+    # A rest-of-line middle stops right before a newline token: some FIM canvases hold no newline.
+    line_ends = batch.canvas[fim] == newline
+    assert (~line_ends.any(dim=1)).any() and line_ends.any(dim=1).any()
 
 
 def test_train_resume_and_load(tmp_path: Path) -> None:

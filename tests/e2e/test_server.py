@@ -14,6 +14,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from dgemma_lsp import options
+
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 SERVER = [sys.executable, "-m", "dgemma_lsp", "--stdio"]
@@ -221,15 +223,17 @@ async def test_binary_document_gets_no_items_and_a_message(session) -> None:
     )
 
 
-async def test_without_a_model_the_server_explains_and_stays_up(monkeypatch) -> None:
+async def test_without_a_configured_model_the_bundled_one_completes(monkeypatch) -> None:
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
     client, result = await start(None)
     assert result.capabilities.inline_completion_provider is not None
     open_doc(client)
     completion = await client.text_document_inline_completion_async(inline_params(HOLE))
-    assert completion.items == ()
-    await asyncio.sleep(0.1)
-    assert any("--model" in m.message for m in client.messages)
+    assert isinstance(completion.items, tuple)
+    report = await client.protocol.send_request_async("dgemma/stats", None)
+    assert report.status.state == "ready" and Path(report.status.model) == options.BUNDLED_MODEL
+    assert report.requests == 1 and report.served + report.empty == 1 and report.failed == 0
+    assert not [m.message for m in client.messages if m.type == types.MessageType.Error]
     assert await stop(client) == 0
 
 

@@ -14,7 +14,7 @@ local function version_argv(cmd)
   return argv
 end
 
--- Where the server takes the model from: --model, then modelPath, then $DGEMMA_MODEL.
+-- Where the server takes the model from: --model, then modelPath, then $DGEMMA_MODEL, else its bundled model.
 local function configured_model(config)
   for i, arg in ipairs(config.cmd) do
     if arg == '--model' then
@@ -79,9 +79,10 @@ function M.check()
   if model then
     check_model(model)
   else
-    health.warn('no model configured: the server starts but offers no completions', {
-      'set init_options.modelPath in require("dgemma").setup(), or $DGEMMA_MODEL',
-    })
+    health.info(
+      'no model configured: the server uses its small bundled demonstration model; for real quality set'
+        .. ' init_options.modelPath (or $DGEMMA_MODEL) to a downloaded DiffusionGemma checkpoint'
+    )
   end
 end
 
