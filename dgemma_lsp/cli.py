@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=("fast", "reference"),
         help="fast (default): our denoiser; reference: transformers",
     )
+    common.add_argument(
+        "--kernels",
+        choices=("auto", "triton", "torch"),
+        help="fast backend's kernels; auto (default): Triton on CUDA, torch on CPU",
+    )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v, -vv)")
     common.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")
 
@@ -76,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "--oracle-length", action="store_true", help="give the model the true middle length"
     )
     evaluate.add_argument("--timeout", type=float, default=15.0, help="wall-clock seconds per program")
+    evaluate.add_argument(
+        "--canvas-mode", choices=("plain", "clamped", "lengths"), default="plain", help="the canvas layout"
+    )
     evaluate.add_argument("--out", type=Path, metavar="FILE", help="write per-task results as jsonl")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -152,7 +160,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from dgemma_lsp.server import create_server  # torch and transformers load here, not for --version
 
-    ls = create_server(model=args.model, device=args.device, backend=args.backend)
+    ls = create_server(model=args.model, device=args.device, backend=args.backend, kernels=args.kernels)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         ls.start_tcp(host or "127.0.0.1", int(port))
@@ -180,7 +188,9 @@ def _complete(args: argparse.Namespace) -> int:
         return 2
     try:
         start = time.perf_counter()
-        loaded = load_model(model_path, args.device, args.max_denoising_steps, args.backend or "fast")
+        loaded = load_model(
+            model_path, args.device, args.max_denoising_steps, args.backend or "fast", args.kernels or "auto"
+        )
         load_ms = (time.perf_counter() - start) * 1000
     except ModelLoadError as exc:
         print(f"dgemma-lsp: {exc}", file=sys.stderr)
@@ -240,7 +250,9 @@ def _eval(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        generator = evaluate.Generator(model_path, args.device, args.max_denoising_steps, args.seed)
+        generator = evaluate.Generator(
+            model_path, args.device, args.max_denoising_steps, args.seed, args.canvas_mode
+        )
     chosen = evaluate.select(tasks, args.limit, args.every)
     results = list(
         evaluate.evaluate(chosen, generator, completions, oracle_length=args.oracle_length,
@@ -338,7 +350,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
         try:
             start = time.perf_counter()
-            loaded = load_model(model_path, args.device, backend=args.backend or "fast")
+            loaded = load_model(
+                model_path, args.device, backend=args.backend or "fast", kernels=args.kernels or "auto"
+            )
             seconds = time.perf_counter() - start
             report(
                 "model",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dgemma_lsp.context import FimContext
+from dgemma_lsp.kernels import Kernels
 from dgemma_lsp.model.checkpoint import LoadedModel, ModelLoadError, load_checkpoint
 from dgemma_lsp.model.denoise import Cancelled
 from dgemma_lsp.model.infill import CanvasMode, Infiller
@@ -100,10 +101,17 @@ def complete(
 
 
 def load_model(
-    path: str, device: str | None = None, max_denoising_steps: int | None = None, backend: Backend = "fast"
+    path: str,
+    device: str | None = None,
+    max_denoising_steps: int | None = None,
+    backend: Backend = "fast",
+    kernels: Kernels = "auto",
 ) -> LoadedModel:
     """The checkpoint at `path` for `backend`, with the step budget overridden when one is given."""
-    loaded = load_fast(path, device=device) if backend == "fast" else load_checkpoint(path, device=device)
+    if backend == "fast":
+        loaded = load_fast(path, device=device, kernels=kernels)
+    else:
+        loaded = load_checkpoint(path, device=device)
     if max_denoising_steps is not None:
         loaded.settings = dataclasses.replace(loaded.settings, max_denoising_steps=max_denoising_steps)
     return loaded
@@ -134,6 +142,7 @@ class Engine:
         self._prompt_mode: PromptMode = "auto"
         self._backend: Backend = "fast"
         self._canvas_mode: CanvasMode = "plain"
+        self._kernels: Kernels = "auto"
 
     def start(
         self,
@@ -144,12 +153,13 @@ class Engine:
         prompt_mode: PromptMode = "auto",
         backend: Backend = "fast",
         canvas_mode: CanvasMode = "plain",
+        kernels: Kernels = "auto",
     ) -> None:
         """Begin loading `model_path` in the background; with no path, stay in NO_MODEL."""
         if on_state is not None:
             self._on_state = on_state
         self._prompt_mode = prompt_mode
-        self._backend, self._canvas_mode = backend, canvas_mode
+        self._backend, self._canvas_mode, self._kernels = backend, canvas_mode, kernels
         if model_path is None:
             self._set_state(EngineState.NO_MODEL, self.message)
             return
@@ -251,7 +261,7 @@ class Engine:
     def _load(self, model_path: str, device: str | None, max_denoising_steps: int | None) -> Infiller | None:
         start = time.perf_counter()
         try:
-            self.loaded = load_model(model_path, device, max_denoising_steps, self._backend)
+            self.loaded = load_model(model_path, device, max_denoising_steps, self._backend, self._kernels)
             infiller = Infiller(self.loaded, prompt_mode=self._prompt_mode, canvas_mode=self._canvas_mode)
         except ModelLoadError as exc:
             self._set_state(EngineState.ERROR, str(exc))

@@ -50,6 +50,7 @@ class Result:
     passed: bool | None  # None: not executable (exact-match task)
     exact_match: bool
     edit_similarity: float
+    parses: bool | None = None  # the filled file parses with tree-sitter (None: no grammar)
     steps: int | None = None
     tokens: int | None = None
     total_ms: float | None = None
@@ -116,8 +117,15 @@ def score(task: Task, completion: str, limits: Limits) -> Result:
         passed=passed,
         exact_match=exact_match(completion, task.canonical_solution),
         edit_similarity=edit_similarity(completion, task.canonical_solution),
+        parses=parses(task, completion),
         sandbox=sandbox,
     )
+
+
+def parses(task: Task, middle: str) -> bool | None:
+    """Whether prefix + middle + suffix parses without errors; None when the language has no grammar."""
+    doc = SyntaxDocument(task.prompt + middle + task.suffix, language_for(task.language, None))
+    return None if doc.tree is None else not doc.tree.root_node.has_error
 
 
 def read_completions(path: Path) -> dict[str, str]:
@@ -134,12 +142,19 @@ def read_completions(path: Path) -> dict[str, str]:
 class Generator:
     """Middles through the server's path on a loaded model (imported lazily: scoring needs no torch)."""
 
-    def __init__(self, model: str, device: str | None, max_denoising_steps: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str | None,
+        max_denoising_steps: int | None,
+        seed: int,
+        canvas_mode: str = "plain",
+    ) -> None:
         from dgemma_lsp.engine import load_model
         from dgemma_lsp.model.infill import Infiller
 
         self.loaded = load_model(model, device, max_denoising_steps)
-        self.infiller = Infiller(self.loaded)
+        self.infiller = Infiller(self.loaded, canvas_mode=canvas_mode)  # type: ignore[arg-type]
         self.seed = seed
 
     def middle(self, task: Task, oracle_length: bool) -> tuple[str, int, int, float]:
@@ -191,6 +206,7 @@ def _percentile(values: list[float], q: float) -> float:
 def summarize(results: list[Result]) -> dict[str, Any]:
     def block(rows: list[Result]) -> dict[str, Any]:
         executed = [r for r in rows if r.passed is not None]
+        parsed = [r.parses for r in rows if r.parses is not None]
         timed = [r.total_ms for r in rows if r.total_ms is not None]
         steps = sum(r.steps or 0 for r in rows)
         out: dict[str, Any] = {
@@ -198,6 +214,7 @@ def summarize(results: list[Result]) -> dict[str, Any]:
             "pass@1": sum(r.passed for r in executed) / len(executed) if executed else None,
             "exact_match": sum(r.exact_match for r in rows) / len(rows),
             "edit_similarity": statistics.fmean(r.edit_similarity for r in rows),
+            "parses": sum(parsed) / len(parsed) if parsed else None,
         }
         if timed:
             out["steps_per_completion"] = steps / len(timed)
@@ -224,15 +241,15 @@ def format_report(summary: dict[str, Any]) -> str:
         lat = f"{latency['p50']:8.0f} {latency['p95']:8.0f}" if latency else f"{'-':>8} {'-':>8}"
         tpf = s.get("tokens_per_forward")
         return (
-            f"{name:<12} {s['tasks']:>5}  {pct(s['pass@1'])}  {pct(s['exact_match'])}  "
+            f"{name:<12} {s['tasks']:>5}  {pct(s['pass@1'])}  {pct(s['exact_match'])}  {pct(s['parses'])}  "
             f"{s['edit_similarity']:6.3f}  {lat}  {'-' if tpf is None else f'{tpf:.2f}':>5}"
         )
 
     if not summary.get("tasks"):
         return "no tasks scored"
-    header = ("", "tasks", "pass@1", "exact", "editsim", "p50 ms", "p95 ms", "tok/f")
+    header = ("", "tasks", "pass@1", "exact", "parses", "editsim", "p50 ms", "p95 ms", "tok/f")
     lines = [
-        "{:<12} {:>5}  {:>6}  {:>6}  {:>6}  {:>8} {:>8}  {:>5}".format(*header),
+        "{:<12} {:>5}  {:>6}  {:>6}  {:>6}  {:>6}  {:>8} {:>8}  {:>5}".format(*header),
         row("all", summary),
         *(row(name, s) for name, s in summary["by_length"].items()),
         f"sandbox: {summary['sandbox']}",

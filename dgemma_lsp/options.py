@@ -34,6 +34,7 @@ class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_field
     infilling_mode: Literal["auto", "fim", "chat", "plain"] = "auto"  # the prompt form
     backend: Literal["fast", "reference"] = "fast"  # our compact denoiser, or transformers' model
     canvas_mode: Literal["plain", "clamped", "lengths"] = "plain"  # the suffix in the canvas too (fast only)
+    kernels: Literal["auto", "triton", "torch"] = "auto"  # fast backend; auto: Triton on CUDA, torch on CPU
     enable: dict[str, bool] = msgspec.field(default_factory=dict)  # languageId (or "*") -> complete or not
     max_lines: int = 20  # longest block suggestion, in lines
     debounce_ms: int | None = None  # None: adaptive, from the typing rate
@@ -61,7 +62,9 @@ _POSITIVE = {
     "candidates",
 }
 # Changing these reloads the model.
-MODEL_FIELDS = ("model_path", "device", "max_denoising_steps", "infilling_mode", "backend", "canvas_mode")
+MODEL_FIELDS = (
+    "model_path", "device", "max_denoising_steps", "infilling_mode", "backend", "canvas_mode", "kernels"
+)  # fmt: skip
 
 
 def parse_options(raw: Any, source: str = "initializationOptions") -> tuple[Options, str | None]:

@@ -62,12 +62,17 @@ class DgemmaProtocol(LanguageServerProtocol):
 
 class DgemmaServer(LanguageServer):
     def __init__(
-        self, model: str | None = None, device: str | None = None, backend: str | None = None
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        backend: str | None = None,
+        kernels: str | None = None,
     ) -> None:
         super().__init__("dgemma-lsp", __version__, protocol_cls=DgemmaProtocol)
         self.cli_model = model
         self.cli_device = device
         self.cli_backend = backend
+        self.cli_kernels = kernels
         self.init_options: dict[str, Any] = {}  # what didChangeConfiguration settings are laid over
         self.options = Options()
         self.engine = Engine()
@@ -116,6 +121,7 @@ class DgemmaServer(LanguageServer):
             prompt_mode=self.options.infilling_mode,
             backend=self.cli_backend or self.options.backend,  # type: ignore[arg-type]  # argparse checked it
             canvas_mode=self.options.canvas_mode,
+            kernels=self.cli_kernels or self.options.kernels,  # type: ignore[arg-type]  # argparse checked it
             on_state=on_state,
         )
 
@@ -576,10 +582,13 @@ def shutdown(ls: DgemmaServer, params: Any) -> None:
 
 
 def create_server(
-    model: str | None = None, device: str | None = None, backend: str | None = None
+    model: str | None = None,
+    device: str | None = None,
+    backend: str | None = None,
+    kernels: str | None = None,
 ) -> DgemmaServer:
     """A server with every handler registered; `model`/`device`/`backend` come from the command line."""
-    ls = DgemmaServer(model, device, backend)
+    ls = DgemmaServer(model, device, backend, kernels)
     ls.feature(types.INITIALIZE)(initialize)
     ls.feature(types.INITIALIZED)(initialized)
     ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)

@@ -1,1 +1,34 @@
-"""Triton kernels for the denoiser step (installed as ``dgemma_lsp.kernels``); filled by a later issue."""
+"""Triton kernels for the denoiser step (installed as ``dgemma_lsp.kernels``).
+
+Each op lives in ``<op>.py`` (kernels + launcher) beside its plain-torch spec in ``reference.py``, with a
+``bench_<op>.py``: ``norms`` (RMSNorm + residual; head norm + RoPE + KV write), ``attention`` (canvas over the
+prefix cache), ``moe`` (router; grouped expert MLP, bf16 or FP8 weights) and ``vocab_head`` (LM head, sampling
+statistics and the self-conditioning embedding, streamed over the vocabulary).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+
+from .utils import HAVE_TRITON, triton_usable
+
+log = logging.getLogger(__name__)
+
+Kernels = Literal["auto", "triton", "torch"]
+
+
+def use_triton(requested: Kernels, device: torch.device) -> bool:
+    """Whether the fast backend runs the Triton kernels: ``auto`` on CUDA; ``triton`` wherever they can run
+    (CUDA, or the CPU under TRITON_INTERPRET=1), falling back to torch, with a warning, where they cannot."""
+    if requested == "torch":
+        return False
+    if requested == "auto":
+        return device.type == "cuda" and HAVE_TRITON
+    if not triton_usable(device):
+        why = "Triton is not installed" if not HAVE_TRITON else f"no Triton kernels on {device.type}"
+        log.warning("kernels=triton requested but %s: using the torch kernels", why)
+        return False
+    return True

@@ -96,6 +96,7 @@ class Attention(nn.Module):
         self.n_heads, kv = args.n_heads, args.kv_heads(layer_type)
         self.k_eq_v = layer_type == FULL
         self.qk_heads = self.n_heads + kv
+        self.triton = False  # set by DGemma.use_kernels
         heads = self.qk_heads if self.k_eq_v else self.qk_heads + kv
         self.qkv_proj = nn.Linear(args.dim, heads * hd, bias=False)
         self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
@@ -127,6 +128,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """``window`` = (lo, start): cached keys [lo, start) are read; x sits at positions start.."""
         batch, seq, _ = x.shape
+        if self.triton:
+            return self._forward_triton(x, rope, cache_k, cache_v, window, mask, encode)
         normed = self.norm.normed(self.qkv_proj(x).view(batch, seq, -1, self.head_dim))
         heads = _cast(normed * _cast(self.head_norm, torch.float32), x.dtype)
         qk = apply_rope(heads[:, :, : self.qk_heads], *rope)
@@ -146,6 +149,36 @@ class Attention(nn.Module):
             k = torch.cat([cache_k[:, :, lo:start].expand(prefix), k], dim=2)
             v = torch.cat([cache_v[:, :, lo:start].expand(prefix), v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def _forward_triton(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache_k: torch.Tensor,
+        cache_v: torch.Tensor,
+        window: tuple[int, int],
+        mask: torch.Tensor | None,
+        encode: bool,
+    ) -> torch.Tensor:
+        """The same attention with kernels: head norm + RoPE (+ cache write when encoding) in one pass, and
+        canvas attention reading the prefix straight from the cache (``mask``: canvas key mask [B, C])."""
+        from dgemma_lsp.kernels import attention, norms
+
+        batch, seq, _ = x.shape
+        lo, start = window
+        qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim)
+        cos, sin = (t.view(seq, self.head_dim) for t in rope)
+        kv = self.qk_heads - self.n_heads
+        cache = (cache_k, cache_v, start) if encode else None
+        q, k, v = norms.head_norm_rope(
+            qkv, self.head_norm, cos, sin, self.n_heads, kv, self.norm.eps, cache=cache
+        )
+        if encode:  # causal prefill: torch's attention over the cache slice just written
+            keys, values = cache_k[:, :, lo : start + seq], cache_v[:, :, lo : start + seq]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
+        else:
+            out = attention.canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -249,6 +282,7 @@ class Layer(nn.Module):
         # The checkpoint stores one layer_scalar per mode; they need not be equal.
         self.encoder_scalar = nn.Buffer(torch.ones(1))
         self.decoder_scalar = nn.Buffer(torch.ones(1))
+        self.triton = False  # set by DGemma.use_kernels
 
     def forward(
         self,
@@ -260,6 +294,8 @@ class Layer(nn.Module):
         mask: torch.Tensor | None,
         encode: bool,
     ) -> torch.Tensor:
+        if self.triton:
+            return self._forward_triton(x, rope, cache, index, window, mask, encode)
         attn = self.self_attn(
             self.input_layernorm(x), rope, cache.keys[index], cache.values[index], window, mask, encode
         )
@@ -272,6 +308,40 @@ class Layer(nn.Module):
         dense, routed = self.post_feedforward_layernorm_1(dense), self.post_feedforward_layernorm_2(routed)
         out = h + self.post_feedforward_layernorm(dense + routed).view(h.shape)
         return out * (self.encoder_scalar if encode else self.decoder_scalar)
+
+    def _forward_triton(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache,
+        index: int,
+        window: tuple[int, int],
+        mask: torch.Tensor | None,
+        encode: bool,
+    ) -> torch.Tensor:
+        """The same layer with kernels: each norm fused with its residual add, router and experts fused."""
+        from dgemma_lsp.kernels import moe, norms
+
+        eps, shape = self.input_layernorm.eps, x.shape
+        attn = self.self_attn(
+            norms.rms_norm(x, self.input_layernorm.weight, eps),
+            rope, cache.keys[index], cache.values[index], window, mask, encode,
+        )  # fmt: skip
+        h = norms.rms_norm(attn, self.post_attention_layernorm.weight, eps, residual=x).view(-1, shape[-1])
+        dense = self.mlp(norms.rms_norm(h, self.pre_feedforward_layernorm.weight, eps))
+        router = self.router
+        scaled = norms.rms_norm(h, None, eps) * router.scale * router.root_size  # as Router.forward rounds
+        logits = router.proj(scaled).float()
+        weights, experts = moe.route(logits, router.per_expert_scale, router.top_k)
+        e = self.experts
+        routed = moe.expert_mlp(
+            norms.rms_norm(h, self.pre_feedforward_layernorm_2.weight, eps),
+            weights, experts, e.gate_up_proj, e.down_proj, e.gate_up_scale, e.down_scale,
+        )  # fmt: skip
+        dense = norms.rms_norm(dense, self.post_feedforward_layernorm_1.weight, eps)
+        mixed = norms.rms_norm(routed, self.post_feedforward_layernorm_2.weight, eps, residual=dense)
+        out = norms.rms_norm(mixed, self.post_feedforward_layernorm.weight, eps, residual=h)
+        return out.view(shape) * (self.encoder_scalar if encode else self.decoder_scalar)
 
 
 class SelfConditioning(MLP):
@@ -291,6 +361,7 @@ class DGemma(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
+        self.triton = False
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)  # also the LM head (tied)
         self.layers = nn.ModuleList(Layer(args, t) for t in args.layer_types)
         self.norm = RMSNorm(args.dim, args.rms_norm_eps)
@@ -349,18 +420,45 @@ class DGemma(nn.Module):
         in the weight dtype. ``canvas_keys``: optional bool [B, C], False for canvas positions no query may
         attend to (unused positions of a batch row).
         """
+        soft = None if prev_probs is None else prev_probs @ self.embed_tokens.weight
+        return self.head(self.decode_hidden(canvas, cache, soft, canvas_keys))
+
+    @torch.inference_mode()
+    def decode_hidden(
+        self,
+        canvas: torch.Tensor,
+        cache: KVCache,
+        soft: torch.Tensor | None = None,
+        canvas_keys: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final normed hidden states [B, C, d] before the vocabulary head.
+
+        ``soft``: the self-conditioning soft embedding, softmax(previous z) @ E [B, C, d] (weight dtype).
+        """
         start = cache.length
         cache.reserve(start + canvas.shape[1])
-        weight = self.embed_tokens.weight
-        soft = None if prev_probs is None else (prev_probs @ weight) * self.embed_scale
-        x = self.self_conditioning(self.embed_tokens(canvas) * self.embed_scale, soft)
+        x = self.embed_tokens(canvas) * self.embed_scale
+        x = self.self_conditioning(x, None if soft is None else soft * self.embed_scale)
         masks = {}
         if canvas_keys is not None:
             for t in self.rotary:
+                if self.triton:  # the kernel takes the canvas key mask; the prefix is always visible
+                    masks[t] = canvas_keys
+                    continue
                 lo = self._window(t, start)[0]
                 prefix = canvas_keys.new_ones(canvas.shape[0], start - lo)
                 masks[t] = torch.cat([prefix, canvas_keys], dim=1)[:, None, None, :]
-        hidden = self.norm(self._run(x, cache, start, masks, encode=False))
-        logits = _cast(F.linear(hidden, weight), torch.float32)
+        return self.norm(self._run(x, cache, start, masks, encode=False))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """softcap(hidden @ E^T) in fp32, the GEMM rounded to the weight dtype as the reference does."""
+        logits = _cast(F.linear(hidden, self.embed_tokens.weight), torch.float32)
         cap = self.args.softcap
         return torch.tanh(logits / cap) * cap
+
+    def use_kernels(self, triton: bool) -> None:
+        """Run layers with the Triton kernels (dgemma_lsp.kernels) or plain torch; the fast step loop reads
+        ``self.triton`` for the fused vocabulary head."""
+        self.triton = triton
+        for layer in self.layers:
+            layer.triton = layer.self_attn.triton = triton

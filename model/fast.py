@@ -151,15 +151,16 @@ def _denoise_canvas(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     final = canvas
     mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
-    prev_probs: torch.Tensor | None = None
-    dtype = model_dtype(model)
+    soft: torch.Tensor | None = None  # self-conditioning: softmax of the last step's z, times E
     steps = 0
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
-        z = sampler.scale_logits(model.decode(canvas, cache, prev_probs, keys), temps[t])
-        probs, token_entropy, sampled = step_statistics(z, generator)
-        argmax = torch.argmax(z, dim=-1)
+        hidden = model.decode_hidden(canvas, cache, soft, keys)
+        if model.triton:
+            token_entropy, sampled, argmax, soft, log_z = _head_triton(model, hidden, temps[t], generator)
+        else:
+            token_entropy, sampled, argmax, soft, log_z = _head_torch(model, hidden, temps[t], generator)
         if layout.plain:
             accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
             canvas = sampler.renoise(sampled, accepted, vocab, generator)
@@ -176,19 +177,58 @@ def _denoise_canvas(
         final = torch.where(keep, final, argmax)
         mean_entropy = torch.where(done, mean_entropy, step_entropy)
         if layout.clamped:
-            log_p = torch.log_softmax(z, dim=-1).gather(-1, fixed_ids[..., None])[..., 0]
-            logprob = (log_p * fixed).sum(-1) / fixed.sum(-1)
+            logprob = (log_z(fixed_ids) * fixed).sum(-1) / fixed.sum(-1)
             suffix_logprob = torch.where(done, suffix_logprob, logprob)
         done = done | stop
-        # The reference feeds back softmax(z) computed in the weight dtype (bf16 on CUDA).
-        prev_probs = (
-            probs if z.dtype == dtype else torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
-        )
         steps += 1
         on_step()
         if bool(done.all()):  # the one host sync per step
             break
     return CanvasResult(final, mean_entropy, suffix_logprob, steps)
+
+
+# A step's vocabulary statistics from the final hidden states: token entropy [B, W], sample and argmax ids,
+# the next step's soft embedding [B, W, d], and log softmax(z) at given ids (for the clamped suffix).
+HeadOut = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]
+]
+
+
+def _head_torch(
+    model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, generator: torch.Generator
+) -> HeadOut:
+    z = sampler.scale_logits(model.head(hidden), temp)
+    probs, token_entropy, sampled = step_statistics(z, generator)
+    # The reference feeds back softmax(z) computed in the weight dtype (bf16 on CUDA).
+    dtype = model_dtype(model)
+    if z.dtype != dtype:
+        probs = torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
+    soft = probs @ model.embed_tokens.weight
+
+    def log_z(ids: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(z, dim=-1).gather(-1, ids[..., None])[..., 0]
+
+    return token_entropy, sampled, torch.argmax(z, dim=-1), soft, log_z
+
+
+def _head_triton(
+    model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, generator: torch.Generator
+) -> HeadOut:
+    """The fused vocabulary head. Its sampling noise is drawn from ``generator`` exactly as step_statistics
+    draws it, so a seed gives the same completion with either head."""
+    from dgemma_lsp.kernels.vocab_head import vocab_head
+
+    weight = model.embed_tokens.weight
+    noise = torch.empty((*hidden.shape[:-1], weight.shape[0]), device=hidden.device)
+    noise.exponential_(generator=generator)
+    out = vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+
+    def log_z(ids: torch.Tensor) -> torch.Tensor:  # only the clamped ids' logits: one row of E each
+        logits = (hidden.float() * weight[ids].float()).sum(-1).to(weight.dtype).float()
+        cap = model.args.softcap
+        return sampler.scale_logits(torch.tanh(logits / cap) * cap, temp) - out.lse
+
+    return out.entropy, out.sample, out.argmax, out.soft, log_z
 
 
 def _clock(device: torch.device) -> float:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
+from dgemma_lsp.kernels import Kernels, use_triton
+
 from .checkpoint import LoadedModel, ModelLoadError, open_checkpoint, read_safetensors_header
 from .config import ModelArgs
 from .dgemma import DGemma
@@ -126,7 +128,11 @@ def quantize_experts(model: DGemma) -> None:
 
 
 def load_fast(
-    path: str | os.PathLike[str], device: str | None = None, *, fp8_experts: bool = False
+    path: str | os.PathLike[str],
+    device: str | None = None,
+    *,
+    fp8_experts: bool = False,
+    kernels: Kernels = "auto",
 ) -> LoadedModel:
     """The fast backend's model from a local checkpoint folder; ModelLoadError for anything wrong."""
     checked = open_checkpoint(path, device)
@@ -143,6 +149,7 @@ def load_fast(
         model = build(args, tensors, checked.device, checked.dtype)
         if fp8_experts:
             quantize_experts(model)
+        model.use_kernels(use_triton(kernels, checked.device))
     except ModelLoadError:
         raise
     except torch.OutOfMemoryError as exc:
@@ -150,11 +157,12 @@ def load_fast(
     except Exception as exc:
         raise ModelLoadError(f"Could not load the weights in {folder}: {exc}") from exc
     log.info(
-        "loaded %s on %s (%s%s, fast backend): %d layers, vocab %d, canvas %d",
+        "loaded %s on %s (%s%s, fast backend, %s kernels): %d layers, vocab %d, canvas %d",
         folder,
         checked.device,
         checked.dtype,
         ", fp8 experts" if fp8_experts else "",
+        "triton" if model.triton else "torch",
         args.n_layers,
         args.vocab_size,
         args.canvas_length,

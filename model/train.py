@@ -158,6 +158,39 @@ def split_heldout(corpus: list[tuple[str, str]], every: int = 50) -> tuple[list[
     return train, heldout
 
 
+def heldout_tasks(texts: list[str], n: int, seed: int = 0) -> list[dict[str, str]]:
+    """FIM tasks (SantaCoder-FIM jsonl rows, scored by `dgemma-lsp eval`) cut from held-out files: a third
+    the rest of a line from a point inside it, a third one whole line, a third 2-4 whole lines."""
+    rng = random.Random(seed)
+    tasks: list[dict[str, str]] = []
+    for _ in range(50 * n):
+        if len(tasks) == n:
+            break
+        text = rng.choice(texts)
+        lines = text.splitlines(keepends=True)
+        at = rng.randrange(len(lines))
+        kind = len(tasks) % 3
+        count = 1 if kind < 2 else rng.randint(2, 4)
+        chosen = lines[at : at + count]
+        if len(chosen) < count or any(len(line.strip()) < 6 for line in chosen):
+            continue
+        start = sum(map(len, lines[:at]))
+        end = start + sum(map(len, chosen))
+        if kind == 0:  # the cursor inside the line: after its indentation and at least one character
+            line = chosen[0].rstrip("\n")
+            indent = len(line) - len(line.lstrip())
+            start += rng.randrange(indent + 1, len(line) - 1)
+            end = start + len(line) - (start - sum(map(len, lines[:at])))
+        tasks.append({
+            "task_id": f"heldout/{len(tasks)}",
+            "language": "python",
+            "prompt": text[max(0, start - 4000) : start],
+            "suffix": text[end : end + 2000],
+            "canonical_solution": text[start:end],
+        })  # fmt: skip
+    return tasks
+
+
 # --- tokenizer and model --------------------------------------------------------------------------------
 
 
@@ -382,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus, manifest = collect_corpus(int(args.corpus_mb * 1e6))
     train_texts, heldout = split_heldout(corpus)
     (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout))
+    tasks = heldout_tasks(heldout, 300, args.seed)
+    (work / "heldout_tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     print(
         f"corpus: {len(corpus)} files from {len(manifest)} packages; {len(heldout)} held out", file=sys.stderr
     )

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU, Triton kernels run through the interpreter; it must be chosen before any kernel is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Plain `pytest` (unlike `python -m pytest`) leaves the repository root off sys.path; tests import `tests.*`.
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,6 +25,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path: Path, capsys) ->
     assert main(["eval", str(HUMANEVAL), "--from-completions", str(right), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tasks"] == 4 and summary["pass@1"] == 1.0 and summary["exact_match"] == 1.0
+    assert summary["parses"] == 1.0
 
     wrong = {t.task_id: "" for t in tasks} | {"Demo/3": "s == s"}  # empty middles and a wrong one
     wrong_file = completions_file(tmp_path / "wrong.jsonl", wrong)
@@ -37,6 +38,7 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path: Path, capsys) ->
     assert summary["pass@1"] < 1.0
     results = {r["task_id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert results["Demo/3"]["passed"] is False and "AssertionError" in results["Demo/3"]["sandbox"]
+    assert summary["parses"] < 1.0  # an empty function body does not parse
     assert set(summary["by_length"]) == {"single-line", "2-4 lines"}
 
 
@@ -58,7 +60,7 @@ def test_gzip_task_files_and_limit_every(tmp_path: Path, capsys) -> None:
 def test_generated_middles_go_through_the_server_path(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "results.jsonl"
     argv = ["eval", str(HUMANEVAL), str(FIM), "--model", str(tiny_checkpoint), "--max-denoising-steps", "2"]
-    assert main([*argv, "--limit", "3", "--json", "--out", str(out)]) == 0
+    assert main([*argv, "--limit", "3", "--json", "--out", str(out), "--canvas-mode", "clamped"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tasks"] == 3
     assert summary["latency_ms"]["p50"] > 0 and summary["steps_per_completion"] >= 1

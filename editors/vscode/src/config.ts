@@ -25,6 +25,7 @@ export const SERVER_OPTIONS = [
   "infillingMode",
   "backend",
   "canvasMode",
+  "kernels",
   "enable",
   "maxLines",
   "debounceMs",
