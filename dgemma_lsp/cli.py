@@ -132,16 +132,20 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from dgemma_lsp.model.bench import BACKENDS, format_report, measure, setup
-    from dgemma_lsp.model.checkpoint import ModelLoadError
+    from dgemma_lsp.kernels import use_triton
+    from dgemma_lsp.model.bench import BACKENDS, TRITON, format_report, measure, setup
+    from dgemma_lsp.model.checkpoint import ModelLoadError, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    backends: tuple[str, ...] = (args.backend,) if args.backend else BACKENDS
     try:
+        if "fast" in backends and use_triton(args.kernels or "auto", resolve_device(args.device)):
+            backends += (TRITON,)
         s = setup(
             resolve_model_path(args.model, Options()),
             device=args.device,
-            backends=(args.backend,) if args.backend else BACKENDS,
+            backends=backends,
             random_weights=args.random_weights,
             config=args.config,
             layers=args.layers,

@@ -5,6 +5,8 @@ Tests compare each Triton kernel with the function of the same name here, on odd
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -88,7 +90,6 @@ def canvas_attention(
 
 
 # --- vocab_head ---
-from typing import NamedTuple  # noqa: E402  (each op appends its own section)
 
 
 class VocabHead(NamedTuple):

@@ -1,4 +1,5 @@
-"""`dgemma-lsp bench`: the reference and the fast backend on the same weights, in one process.
+"""`dgemma-lsp bench`: the reference and the fast backend (torch and Triton kernels) on the same weights,
+in one process.
 
 Per backend: prefill (encoder over the prompt), ms per denoising step (decoder + sampler), commit (encoder
 over one canvas), one whole single-canvas completion, and tokens per forward. Repeats are interleaved
@@ -28,6 +29,7 @@ from .kv_cache import KVCache
 from .load import from_hf_model, load_fast, quantize_experts, random_hf_model
 
 BACKENDS = ("reference", "fast")
+TRITON = "fast-triton"  # the fast model with the Triton kernels (the same module, switched per run)
 
 
 @dataclass
@@ -68,6 +70,7 @@ def setup(
         hf = random_hf_model(named_config(config, layers), resolved, dtype)
         # The fast model shares the weight tensors (only its fused projections are copies).
         models: dict[str, Any] = {"reference": hf, "fast": from_hf_model(hf)}
+        models[TRITON] = models["fast"]
         if fp8_experts:
             quantize_experts(models["fast"])
         text = hf.config.text_config
@@ -85,8 +88,9 @@ def setup(
     if "reference" in backends:
         models["reference"] = load_checkpoint(model, device).model
     fast = load_fast(model, device, fp8_experts=fp8_experts)
-    if "fast" in backends:
-        models["fast"] = fast.model
+    for name in ("fast", TRITON):
+        if name in backends:
+            models[name] = fast.model
     return Setup(models, fast.settings, fast.vocab_size, fast.canvas_length, resolved, str(fast.path))
 
 
@@ -98,8 +102,8 @@ def _measure_once(
         0, s.vocab_size, (1, canvas), device=device, generator=torch.Generator(device).manual_seed(seed)
     )
     run = dict(max_new_tokens=canvas, settings=settings, generator=torch.Generator(device).manual_seed(seed))
-    if backend == "fast":
-        assert isinstance(model, DGemma)
+    if isinstance(model, DGemma):
+        model.use_kernels(backend == TRITON)
         cache = KVCache(model.args, prompt.numel() + canvas, device=device, dtype=model_dtype(model))
         prefill_ms, _ = _timed(device, lambda: prefill(model, cache, prompt))
         commit_ms, _ = _timed(device, lambda: model.encode(block, cache, prompt.numel()))
@@ -173,11 +177,12 @@ def measure(
         "repeats": repeats,
         "results": results,
     }
-    if set(results) == set(BACKENDS):
-        ref, fast = results["reference"], results["fast"]
-        report["speedup"] = {
-            k: ref[k] / fast[k] for k in ("prefill_ms", "step_ms", "commit_ms", "completion_ms")
-        }
+    keys = ("prefill_ms", "step_ms", "commit_ms", "completion_ms")
+    report["speedup"] = {  # reference over each fast variant, and torch over Triton kernels
+        f"{slow}/{fast}": {k: results[slow][k] / results[fast][k] for k in keys}
+        for slow, fast in (("reference", "fast"), ("reference", TRITON), ("fast", TRITON))
+        if slow in results and fast in results
+    }
     return report
 
 
@@ -207,14 +212,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['source']} on {report['device']} ({report['dtype']}, {report['threads']} threads, torch "
         f"{report['torch']}): prompt {report['prompt_tokens']} tokens, canvas {report['canvas_length']}, "
         f"{report['max_denoising_steps']} steps, median of {report['repeats']}",
-        f"{'':20}" + "".join(f"{n:>12}" for n in names) + ("     speedup" if "speedup" in report else ""),
+        f"{'':20}" + "".join(f"{n:>12}" for n in names) + "".join(f"{p:>20}" for p in report["speedup"]),
     ]
     for key in keys:
         values = [report["results"][n].get(key) for n in names]
         if all(v is None for v in values):
             continue
         row = f"{key:20}" + "".join(f"{v:12.2f}" if v is not None else f"{'-':>12}" for v in values)
-        if key in report.get("speedup", {}):
-            row += f"{report['speedup'][key]:11.2f}x"
+        row += "".join(f"{ratios[key]:19.2f}x" for ratios in report["speedup"].values() if key in ratios)
         lines.append(row)
     return "\n".join(lines)

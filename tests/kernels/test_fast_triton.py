@@ -1,0 +1,73 @@
+"""The fast backend with the Triton kernels against the same model with torch ones, on the tiny checkpoint
+(CPU: through Triton's interpreter): per-step logits, prefix reuse, and whole completions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from dgemma_lsp.kernels import use_triton
+from dgemma_lsp.model.checkpoint import LoadedModel
+from dgemma_lsp.model.fast import Layout, denoise_fast
+from dgemma_lsp.model.kv_cache import KVCache
+from dgemma_lsp.model.load import load_fast
+from tests.kernels.conftest import DEVICE
+
+PROMPT = [2, *range(40, 77)]  # 38 tokens: past the sliding window (16)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoint: Path) -> tuple[LoadedModel, LoadedModel]:
+    torch_kernels = load_fast(tiny_checkpoint, device=DEVICE.type, kernels="torch")
+    triton_kernels = load_fast(tiny_checkpoint, device=DEVICE.type, kernels="triton")
+    assert not torch_kernels.model.triton and triton_kernels.model.triton
+    return torch_kernels, triton_kernels
+
+
+def test_auto_picks_triton_only_on_cuda() -> None:
+    assert not use_triton("auto", torch.device("cpu")) and not use_triton("torch", DEVICE)
+    assert use_triton("triton", DEVICE)  # the interpreter runs them here
+
+
+def test_encode_and_decode_match(models: tuple[LoadedModel, LoadedModel]) -> None:
+    outputs = []
+    for loaded in models:
+        model = loaded.model
+        cache = KVCache(model.args, 64, device=DEVICE, dtype=loaded.dtype)
+        model.encode(torch.tensor([PROMPT], device=DEVICE), cache, 0)
+        canvas = torch.randint(0, model.args.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+        keys = torch.ones(2, 9, dtype=torch.bool)
+        keys[1, 6:] = False  # the second row's last positions are unused padding
+        soft = torch.randn(2, 9, model.args.dim, generator=torch.Generator().manual_seed(2)) * 0.1
+        hidden = model.decode_hidden(canvas.to(DEVICE), cache, soft.to(DEVICE), keys.to(DEVICE))
+        outputs.append((cache.keys, cache.values, model.head(hidden)))
+    (k0, v0, logits0), (k1, v1, logits1) = outputs
+    for a, b in zip(k0 + v0, k1 + v1, strict=True):
+        torch.testing.assert_close(a[:, :, : len(PROMPT)], b[:, :, : len(PROMPT)], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits0, logits1, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("layout", [None, Layout((6,), clamped=(5, 6, 7))])
+def test_same_completion_as_the_torch_kernels(models: tuple[LoadedModel, LoadedModel], layout) -> None:
+    results = []
+    for loaded in models:
+        settings = dataclasses.replace(loaded.settings, max_denoising_steps=3)
+        results.append(
+            denoise_fast(
+                loaded.model,
+                torch.tensor(PROMPT),
+                max_new_tokens=40,  # two canvases: the first is committed through the encoder
+                settings=settings,
+                generator=torch.Generator(device=DEVICE).manual_seed(7),
+                layout=layout,
+            )
+        )
+    plain, fused = results
+    assert fused.tokens == plain.tokens and fused.steps == plain.steps and fused.blocks == plain.blocks
+    if layout is not None:
+        assert fused.candidates[0].suffix_logprob == pytest.approx(
+            plain.candidates[0].suffix_logprob, abs=1e-3
+        )
