@@ -121,8 +121,8 @@ class ModelArgs:
             or full_rope.get("rope_type") != "proportional"
         ):
             raise ValueError(f"unsupported RoPE parameters {rope}")
-        sliding = text.per_layer_config[SLIDING] if SLIDING in layer_types else text
         full = text.per_layer_config[FULL]
+        sliding = text.per_layer_config[SLIDING] if SLIDING in layer_types else full  # unused then
         return cls(
             vocab_size=text.vocab_size,
             dim=text.hidden_size,

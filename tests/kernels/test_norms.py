@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -80,3 +82,13 @@ def test_head_norm_rope_checks_its_arguments() -> None:
         norms.head_norm_rope(
             qkv, torch.ones(5, 16, device=DEVICE), table, table, 3, 1, 1e-6, cache=(small, small.clone(), 2)
         )
+
+
+def test_bench_runs_small(tmp_path) -> None:
+    from dgemma_lsp.kernels import bench_norms
+
+    path = tmp_path / "norms.json"
+    assert bench_norms.main(["--small", "--device", DEVICE.type, "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert [row["op"] for row in result["ops"]] == ["rms_norm+residual", "head_norm+rope+kv_write"]
+    assert all(row["torch_ms"] > 0 and row["triton_ms"] > 0 for row in result["ops"])
