@@ -177,6 +177,11 @@ class Engine:
         """Whether completions can be served now or once loading finishes."""
         return self.state in (EngineState.LOADING, EngineState.READY)
 
+    def forget(self, key: str) -> None:
+        """Drop what the model keeps for a closed document (the fast backend's KV cache), on the worker."""
+        if self.accepting:  # queued directly: no later job supersedes it
+            self._jobs.put(_Job(key, lambda infiller, cancelled: infiller.forget(key), background=True))
+
     async def fill(self, key: str, ctx: FimContext, seed: int | None = None) -> Completion:
         """Queue a completion for document `key`, superseding that document's older one.
 

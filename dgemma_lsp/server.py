@@ -449,6 +449,7 @@ def did_close(ls: DgemmaServer, params: types.DidCloseTextDocumentParams) -> Non
     ls.speculated.pop(uri, None)
     ls.refused.discard(uri)
     ls.debouncer.forget(uri)
+    ls.engine.forget(uri)
 
 
 def _range(position: types.Position, suggestion: Suggestion) -> types.Range:

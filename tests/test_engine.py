@@ -70,6 +70,15 @@ async def test_cancelling_the_caller_stops_the_job(tiny_checkpoint: Path) -> Non
     engine.close()
 
 
+async def test_forget_drops_a_closed_documents_cache(tiny_checkpoint: Path) -> None:
+    engine, _, _ = started(str(tiny_checkpoint), max_denoising_steps=2)
+    await engine.fill("a.py", hole(), seed=1)
+
+    assert await engine.run("a.py", lambda infiller, c: "a.py" in infiller._slots._slots)
+    engine.forget("a.py")
+    assert not await engine.run("a.py", lambda infiller, c: "a.py" in infiller._slots._slots)
+
+
 def test_without_a_model_the_engine_refuses_politely() -> None:
     engine, states, _ = started(None)
     assert states == [EngineState.NO_MODEL] and not engine.accepting
