@@ -184,8 +184,8 @@ def heldout_tasks(texts: list[str], n: int, seed: int = 0) -> list[dict[str, str
         tasks.append({
             "task_id": f"heldout/{len(tasks)}",
             "language": "python",
-            "prompt": text[max(0, start - 4000) : start],
-            "suffix": text[end : end + 2000],
+            "prompt": text[:start],  # the whole file, so that the canonical fill parses as the file does
+            "suffix": text[end:],
             "canonical_solution": text[start:end],
         })  # fmt: skip
     return tasks
