@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import bench_attention, bench_moe, bench_norms, bench_vocab_head
-from .utils import device_name
+from .utils import device_name, peak_copy_gbps
 
 OPS = {"norms": bench_norms, "attention": bench_attention, "moe": bench_moe, "vocab_head": bench_vocab_head}
 
@@ -41,7 +41,7 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
     weight_bytes = sum(p.numel() * p.element_size() for p in fast.parameters())
     # The embedding is read twice per step (LM head and self-conditioning), as docs section 5 counts it.
     weight_bytes += fast.embed_tokens.weight.numel() * fast.embed_tokens.weight.element_size()
-    peak = bench_moe.peak_copy_gbps(device)
+    peak = peak_copy_gbps(device, small)
     floor_ms = weight_bytes / peak / 1e6
     report["weight_bytes_per_step"] = weight_bytes
     report["copy_peak_gbps"] = peak

@@ -6,30 +6,18 @@ Real DiffusionGemma-26B-A4B shapes (batch 1, canvas 256, bf16): a sliding layer 
 head_dim 256, 1023 cached keys) and a full layer (16 q heads, 2 kv heads, head_dim 512) at 2k and 32k
 cached keys.
 FLOPs = 4 * Hq * C * K * D (QK^T and PV); the percentage is of a bf16 matmul peak measured here once.
-On the CPU (always ``--small``) the kernel runs in Triton's interpreter when TRITON_INTERPRET=1 is set, else
-the torch fallback runs: a smoke run either way, not a measurement.
+On the CPU (TRITON_INTERPRET=1, --small) it is only a smoke run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-# Without CUDA the kernel runs in Triton's interpreter, which must be chosen before triton is first imported;
-# ``python -m`` imports the package (and triton) first, so there the shell must set TRITON_INTERPRET=1.
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from dgemma_lsp.kernels.attention import canvas_attention  # noqa: E402
-from dgemma_lsp.kernels.utils import device_name, triton_usable  # noqa: E402
+from dgemma_lsp.kernels.attention import canvas_attention
+from dgemma_lsp.kernels.utils import bench_main, device_name, peak_matmul_tflops, time_ms, triton_usable
 
 # name, Hq, Hkv, head_dim, cached keys (start - lo), canvas
 REAL_CASES = [
@@ -41,27 +29,6 @@ SMALL_CASES = [
     ("sliding", 2, 1, 32, 23, 16),
     ("full", 4, 1, 64, 40, 16),
 ]
-
-
-def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    if device.type == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn))
-    fn()  # warm-up (the interpreter's first call parses the kernel)
-    begin = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - begin) * 1e3 / repeats
-
-
-def matmul_peak_tflops(device: torch.device, small: bool) -> float:
-    """bf16 matmul TFLOP/s of a big square GEMM: the ceiling the attention core is compared with."""
-    n = 256 if small else 8192
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    ms = _time_ms(lambda: a @ b, device, repeats=3)
-    return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
 def _torch_path(
@@ -80,10 +47,27 @@ def _torch_path(
     return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
 
 
+def _report(result: dict[str, Any]) -> str:
+    lines = [
+        f"canvas attention on {result['device']} ({result['kernel']}, {result['dtype']}), "
+        f"bf16 matmul peak {result['peak_bf16_matmul_tflops']:.3g} TFLOP/s",
+        f"{'case':<10} {'Hq/Hkv':>7} {'D':>4} {'keys':>7} {'torch ms':>9} {'kernel ms':>9} "
+        f"{'TFLOP/s':>8} {'% peak':>7} {'speedup':>8} {'max diff':>9}",
+    ]
+    for c in result["cases"]:
+        keys = c["cached_keys"] + c["canvas"]
+        lines.append(
+            f"{c['name']:<10} {c['hq']:>4}/{c['hkv']:<2} {c['head_dim']:>4} {keys:>7} "
+            f"{c['torch_ms']:>9.3f} {c['triton_ms']:>9.3f} {c['triton_tflops']:>8.2f} "
+            f"{c['triton_pct_peak']:>6.1f}% {c['speedup']:>7.2f}x {c['max_abs_diff']:>9.2g}"
+        )
+    return "\n".join(lines)
+
+
 def run(device: torch.device, small: bool) -> dict:
     """Times both paths per case; returns the device, the measured peak and one result dict per case."""
-    dtype, repeats = torch.bfloat16, 2 if device.type == "cpu" else 20
-    peak = matmul_peak_tflops(device, small)
+    dtype = torch.bfloat16
+    peak = peak_matmul_tflops(device, small)
     cases = []
     for name, hq, hkv, dim, n_prefix, canvas in SMALL_CASES if small else REAL_CASES:
         lo, start = 1, 1 + n_prefix  # lo > 0 as in a sliding window; full layers read from 0 (same cost)
@@ -95,8 +79,8 @@ def run(device: torch.device, small: bool) -> dict:
         v = torch.randn(1, hkv, canvas, dim, device=device, dtype=dtype)
         args = (q, cache_k, cache_v, lo, start, k, v)
         diff = (canvas_attention(*args).float() - _torch_path(*args).float()).abs().max().item()
-        torch_ms = _time_ms(lambda args=args: _torch_path(*args), device, repeats)
-        triton_ms = _time_ms(lambda args=args: canvas_attention(*args), device, repeats)
+        torch_ms = time_ms(lambda args=args: _torch_path(*args), device)
+        triton_ms = time_ms(lambda args=args: canvas_attention(*args), device)
         flops = 4 * hq * canvas * (n_prefix + canvas) * dim
         cases.append(
             {
@@ -126,36 +110,7 @@ def run(device: torch.device, small: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run; the CPU default)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    small = args.small or device.type == "cpu"  # the interpreter would take hours at the real shapes
-    report = run(device, small)
-    print(
-        f"canvas attention on {report['device']} ({report['kernel']}, {report['dtype']}), "
-        f"bf16 matmul peak {report['peak_bf16_matmul_tflops']:.3g} TFLOP/s"
-    )
-    print(
-        f"{'case':<10} {'Hq/Hkv':>7} {'D':>4} {'keys':>7} {'torch ms':>9} {'kernel ms':>9} "
-        f"{'TFLOP/s':>8} {'% peak':>7} {'speedup':>8} {'max diff':>9}"
-    )
-    for c in report["cases"]:
-        keys = c["cached_keys"] + c["canvas"]
-        print(
-            f"{c['name']:<10} {c['hq']:>4}/{c['hkv']:<2} {c['head_dim']:>4} {keys:>7} "
-            f"{c['torch_ms']:>9.3f} {c['triton_ms']:>9.3f} {c['triton_tflops']:>8.2f} "
-            f"{c['triton_pct_peak']:>6.1f}% {c['speedup']:>7.2f}x {c['max_abs_diff']:>9.2g}"
-        )
-    if report["kernel"] != "triton":
-        print(
-            "(the Triton kernel did not run: set TRITON_INTERPRET=1 in the environment to run it on the CPU)"
-        )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return bench_main(argv, __doc__.splitlines()[0], run, _report)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,14 @@ share of the measured copy bandwidth. On the CPU (TRITON_INTERPRET=1, --small) i
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import triton.testing
 
 from . import norms, reference
-from .utils import device_name, triton_usable
+from .utils import bench_main, device_name, peak_copy_gbps, time_ms
 
 SHAPES = {
     "real": {"rows": 256, "dim": 2816, "n_heads": 16, "kv_heads": 8, "head_dim": 256},
@@ -30,23 +25,14 @@ SHAPES = {
 }
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        return float(triton.testing.do_bench(fn, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def peak_copy_gbps(device: torch.device) -> float:
-    size = (1 << 30) if device.type == "cuda" else (1 << 24)
-    src = torch.empty(size, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    return 2 * size / _time_ms(lambda: dst.copy_(src), device) / 1e6
+def _report(result: dict[str, Any]) -> str:
+    lines = [f"{result['device']} ({result['dtype']}), copy peak {result['peak_copy_gbps']:.0f} GB/s"]
+    for row in result["ops"]:
+        lines.append(
+            f"  {row['op']:<24} torch {row['torch_ms']:8.3f} ms  triton {row['triton_ms']:8.3f} ms  "
+            f"{row['speedup']:5.2f}x  {row['triton_gbps']:7.1f} GB/s ({row['percent_of_copy_peak']:.0f}%)"
+        )
+    return "\n".join(lines)
 
 
 def run(device: torch.device, small: bool) -> dict[str, Any]:
@@ -57,10 +43,10 @@ def run(device: torch.device, small: bool) -> dict[str, Any]:
     x = torch.randn(rows, dim, device=device, dtype=dtype)
     residual = torch.randn_like(x)
     weight = torch.randn(dim, device=device, dtype=dtype)
-    peak = peak_copy_gbps(device)
+    peak = peak_copy_gbps(device, small)
 
     def score(name: str, torch_fn: Callable[[], object], triton_fn: Callable[[], object], nbytes: int):
-        torch_ms, triton_ms = _time_ms(torch_fn, device), _time_ms(triton_fn, device)
+        torch_ms, triton_ms = time_ms(torch_fn, device), time_ms(triton_fn, device)
         gbps = nbytes / triton_ms / 1e6
         return {
             "op": name, "torch_ms": torch_ms, "triton_ms": triton_ms, "speedup": torch_ms / triton_ms,
@@ -99,31 +85,7 @@ def run(device: torch.device, small: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    options = parser.parse_args(argv)
-    device = torch.device(options.device)
-    if not triton_usable(device):
-        print(
-            f"Triton cannot run on {device}: use CUDA, or set TRITON_INTERPRET=1 for the CPU", file=sys.stderr
-        )
-        return 2
-    if device.type == "cpu" and not options.small:
-        print("the real shapes take hours in Triton's CPU interpreter: pass --small", file=sys.stderr)
-        return 2
-    result = run(device, options.small)
-    print(f"{result['device']} ({result['dtype']}), copy peak {result['peak_copy_gbps']:.0f} GB/s")
-    for row in result["ops"]:
-        print(
-            f"  {row['op']:<24} torch {row['torch_ms']:8.3f} ms  triton {row['triton_ms']:8.3f} ms  "
-            f"{row['speedup']:5.2f}x  {row['triton_gbps']:7.1f} GB/s ({row['percent_of_copy_peak']:.0f}%)"
-        )
-    if options.json:
-        with open(options.json, "w") as file:
-            json.dump(result, file, indent=2)
-    return 0
+    return bench_main(argv, __doc__.splitlines()[0], run, _report)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,24 @@
 Real shapes: one canvas of 256 rows, vocab 262144, hidden 2816, bf16 (DiffusionGemma-26B-A4B). FLOPs are the
 two GEMMs (logits and soft embedding, 4 R V d); bytes are the compulsory traffic: E read twice, hidden read,
 soft written. Both are reported against a measured peak (a large bf16 matmul, a large tensor copy).
+On the CPU (TRITON_INTERPRET=1, --small) it is only a smoke run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from dgemma_lsp.kernels.utils import device_name, interpreting, triton_usable
+from dgemma_lsp.kernels.utils import (
+    bench_main,
+    device_name,
+    peak_copy_gbps,
+    peak_matmul_tflops,
+    time_ms,
+    triton_usable,
+)
 from dgemma_lsp.kernels.vocab_head import vocab_head
 
 REAL = {"rows": 256, "vocab": 262144, "dim": 2816}
@@ -46,39 +50,24 @@ def torch_tail(
     return lse[:, 0], entropy, argmax, sample, soft
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """Milliseconds per call: do_bench on CUDA; elsewhere a few perf_counter runs (a smoke run only)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return lambda fn: float(triton.testing.do_bench(fn, warmup=25, rep=200))
-
-    def cpu_time(fn: Callable[[], object]) -> float:
-        fn()  # warm-up: the interpreter's first call is the slowest
-        start, reps = time.perf_counter(), 3
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - start) / reps * 1e3
-
-    return cpu_time
-
-
-def _peaks(
-    device: torch.device, small: bool, timer: Callable[[Callable[[], object]], float]
-) -> dict[str, float]:
-    """Measured copy bandwidth (GB/s, read + write) and matmul throughput (TFLOP/s) of this device."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    numel = (1 << 20) if small else (1 << 30)  # 2 GiB of bf16 on the GPU
-    src = torch.empty(numel, dtype=dtype, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    copy_ms = timer(lambda: dst.copy_(src))
-    n = 256 if small else 8192
-    a = torch.randn(n, n, device=device).to(dtype)
-    matmul_ms = timer(lambda: a @ a)
-    return {
-        "peak_gbps": 2 * src.numel() * src.element_size() / copy_ms / 1e6,
-        "peak_tflops": 2 * n**3 / matmul_ms / 1e9,
-    }
+def _report(result: dict) -> str:
+    fallback = "" if result["triton"] else " (Triton unusable: reference fallback)"
+    lines = [
+        f"vocab_head on {result['device']}: R={result['rows']} V={result['vocab']} d={result['dim']} "
+        f"{result['dtype']}{fallback}",
+        f"  measured peak: {result['peak_gbps']:.0f} GB/s copy, {result['peak_tflops']:.1f} TFLOP/s matmul",
+    ]
+    for name in ("torch", "triton"):
+        lines.append(
+            f"  {name:>6}: {result[f'{name}_ms']:9.3f} ms  {result[f'{name}_tflops']:7.2f} TFLOP/s "
+            f"({result[f'{name}_pct_peak_flops']:5.1f} %)  {result[f'{name}_gbps']:8.1f} GB/s "
+            f"({result[f'{name}_pct_peak_bw']:5.1f} %)"
+        )
+    lines.append(
+        f"  speedup {result['speedup']:.2f}x; |lse err| {result['lse_max_abs_err']:.2g}, |entropy err| "
+        f"{result['entropy_max_abs_err']:.2g}, argmax agreement {result['argmax_agreement']:.3f}"
+    )
+    return "\n".join(lines)
 
 
 def run(device: torch.device | str, small: bool) -> dict:
@@ -102,10 +91,9 @@ def run(device: torch.device | str, small: bool) -> dict:
     entropy_err = float((got.entropy - want[1]).abs().max())
     argmax_agree = float((got.argmax == want[2]).float().mean())
 
-    timer = _timer(device)
-    torch_ms = timer(lambda: torch_tail(hidden, weight, temperature, generator))
-    triton_ms = timer(fused)
-    peaks = _peaks(device, small, timer)
+    torch_ms = time_ms(lambda: torch_tail(hidden, weight, temperature, generator), device)
+    triton_ms = time_ms(fused, device)
+    peaks = {"peak_gbps": peak_copy_gbps(device, small), "peak_tflops": peak_matmul_tflops(device, small)}
     flops = 4 * rows * vocab * dim
     nbytes = (2 * vocab * dim + 2 * rows * dim) * weight.element_size()
     result = {
@@ -133,37 +121,7 @@ def run(device: torch.device | str, small: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help=f"tiny shapes {SMALL} instead of {REAL}")
-    parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cpu":
-        if not args.small:
-            parser.error("the real shapes need --device cuda; on the CPU use --small (a smoke run)")
-        if not interpreting():  # it must be set before triton is imported, which `python -m` does first
-            parser.error("on the CPU the kernels run in Triton's interpreter: set TRITON_INTERPRET=1")
-    result = run(args.device, args.small)
-    fallback = "" if result["triton"] else " (Triton unusable: reference fallback)"
-    print(
-        f"vocab_head on {result['device']}: R={result['rows']} V={result['vocab']} d={result['dim']} "
-        f"{result['dtype']}{fallback}"
-    )
-    print(f"  measured peak: {result['peak_gbps']:.0f} GB/s copy, {result['peak_tflops']:.1f} TFLOP/s matmul")
-    for name in ("torch", "triton"):
-        print(
-            f"  {name:>6}: {result[f'{name}_ms']:9.3f} ms  {result[f'{name}_tflops']:7.2f} TFLOP/s "
-            f"({result[f'{name}_pct_peak_flops']:5.1f} %)  {result[f'{name}_gbps']:8.1f} GB/s "
-            f"({result[f'{name}_pct_peak_bw']:5.1f} %)"
-        )
-    print(
-        f"  speedup {result['speedup']:.2f}x; |lse err| {result['lse_max_abs_err']:.2g}, |entropy err| "
-        f"{result['entropy_max_abs_err']:.2g}, argmax agreement {result['argmax_agreement']:.3f}"
-    )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return bench_main(argv, __doc__.splitlines()[0], run, _report)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
-"""Launch helpers shared by the kernels: capability probes, block sizes, contiguity."""
+"""Launch helpers shared by the kernels (capability probes, block sizes, contiguity) and the benches' timing,
+measured peaks and command line."""
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
 import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,3 +59,68 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu (Triton interpreter)" if interpreting() else "cpu"
+
+
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds per call of ``fn``: do_bench's median on CUDA; elsewhere (a smoke run, not a
+    measurement) the median of 3 perf_counter runs after one warm-up (the interpreter's first call parses)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_copy_gbps(device: torch.device, small: bool) -> float:
+    """Copy bandwidth (GB/s, read + write) of a large tensor copy (1 GiB; 16 MiB when ``small``)."""
+    size = (1 << 24) if small else (1 << 30)
+    src = torch.empty(size, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * size / time_ms(lambda: dst.copy_(src), device) / 1e6
+
+
+def peak_matmul_tflops(device: torch.device, small: bool) -> float:
+    """Matmul TFLOP/s of a square GEMM (n=8192; 256 when ``small``), bf16 on CUDA, fp32 elsewhere."""
+    n = 256 if small else 8192
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / time_ms(lambda: a @ b, device) / 1e9
+
+
+def bench_main(
+    argv: list[str] | None,
+    description: str,
+    run: Callable[[torch.device, bool], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> int:
+    """The benches' command line (``--device``, ``--small``, ``--json FILE``): refuses, exit 2, where Triton
+    cannot run or on the CPU without ``--small``; else prints ``report(result)`` for ``result = run(device,
+    small)`` and writes ``result`` to the JSON file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    options = parser.parse_args(argv)
+    device = torch.device(options.device)
+    if not triton_usable(device):
+        print(
+            f"Triton cannot run on {device}: use CUDA, or set TRITON_INTERPRET=1 in the environment (before "
+            "Python starts: `python -m` imports triton first) to run the kernels in its CPU interpreter",
+            file=sys.stderr,
+        )
+        return 2
+    if device.type == "cpu" and not options.small:
+        print("the real shapes take hours in Triton's CPU interpreter: pass --small", file=sys.stderr)
+        return 2
+    result = run(device, options.small)
+    print(report(result))
+    if options.json:
+        options.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
