@@ -10,7 +10,15 @@ import torch
 from dgemma_lsp.model.checkpoint import load_checkpoint
 from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.model.prompt import has_fim_tokens
-from dgemma_lsp.model.train import BANNED_PATH_PARTS, SIZES, Examples, collect_corpus, main, split_heldout
+from dgemma_lsp.model.train import (
+    BANNED_PATH_PARTS,
+    SIZES,
+    Examples,
+    collect_corpus,
+    heldout_tasks,
+    main,
+    split_heldout,
+)
 
 
 def test_corpus_is_permissive_deduplicated_and_split() -> None:
@@ -68,3 +76,15 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert loaded.canvas_length == SIZES["toy"].canvas and has_fim_tokens(loaded.tokenizer)
     fill = Infiller(loaded).fill("def f(x):\n    return ", "\n", max_new_tokens=8, seed=0)
     assert fill.steps >= 1
+
+
+def test_heldout_tasks_cut_lines_out_of_whole_files() -> None:
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
+    tasks = heldout_tasks([text], 30, seed=1)
+    assert len(tasks) == 30
+    for task in tasks:
+        assert task["prompt"] + task["canonical_solution"] + task["suffix"] == text
+    middles = [t["canonical_solution"] for t in tasks]
+    assert any("\n" not in m for m in middles)  # the rest of a line
+    assert any(m.count("\n") >= 2 for m in middles)  # several whole lines
+    assert all(m.strip() for m in middles)
