@@ -56,10 +56,12 @@ class RunReport:
     stats: dict[str, Any] | None = None  # the server's dgemma/stats, when it has that request
 
     def summary(self) -> dict[str, Any]:
-        answered = [s.ms for s in self.samples if s.outcome in ("items", "empty")]
         n = len(self.samples)
 
-        def pct(q: float) -> float | None:
+        def pct(q: float, kind: str | None = None) -> float | None:
+            answered = [
+                s.ms for s in self.samples if s.outcome in ("items", "empty") and kind in (None, s.kind)
+            ]
             return statistics.quantiles(answered, n=100)[round(q * 100) - 1] if len(answered) > 1 else None
 
         return {
@@ -68,6 +70,9 @@ class RunReport:
             "requests": n,
             "p50_ms": pct(0.50),
             "p95_ms": pct(0.95),
+            # Invoked requests skip the debounce: the model's own latency as the editor sees it.
+            "invoked_p50_ms": pct(0.50, "invoked"),
+            "automatic_p50_ms": pct(0.50, "automatic"),
             "cancelled_fraction": sum(s.outcome == "cancelled" for s in self.samples) / n if n else None,
             "empty_fraction": sum(s.outcome == "empty" for s in self.samples) / n if n else None,
             "errors": sum(s.outcome == "error" for s in self.samples),

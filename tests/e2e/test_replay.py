@@ -39,6 +39,7 @@ def test_replay_reports_both_configurations(tiny_checkpoint: Path, capsys) -> No
     for run in (a, b):
         assert run["requests"] >= 1 and run["errors"] == 0
         assert run["options"]["maxDenoisingSteps"] in (2, 4)
+        assert run["invoked_p50_ms"] is None or run["invoked_p50_ms"] > 0
         assert run["server_stats"]["requests"] >= run["requests"]  # the server's own count, keys intact
         assert "stepsPerCompletion" in run["server_stats"] and "cache" in run["server_stats"]
     assert set(report["latency_ratio"]) == {"p50", "p95"}
