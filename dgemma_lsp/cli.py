@@ -170,6 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
         ls.start_tcp(host or "127.0.0.1", int(port))
     else:
         ls.start_io()
+    # Let the worker finish its current denoising step: a daemon thread inside torch at interpreter exit
+    # aborts the process ("terminate called without an active exception").
+    ls.engine.close()
+    ls.engine.join(timeout=30)
     # pygls swallows the SystemExit from `exit`; LSP says: 0 after a shutdown request, 1 without one.
     return 0 if ls.protocol._shutdown else 1
 
