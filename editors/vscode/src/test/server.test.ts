@@ -76,7 +76,10 @@ test(
       });
       // No model is configured: the server loads the small model bundled with it.
       await until(() => statuses.some((s) => s.state === "ready" || s.state === "error"), 30_000);
-      assert.ok(statuses.some((s) => s.state === "ready"), JSON.stringify(statuses));
+      assert.ok(
+        statuses.some((s) => s.state === "ready"),
+        JSON.stringify(statuses),
+      );
       assert.match(String(statuses.at(-1)?.model), /bundled/);
       const answer: { items: { insertText: string }[] } = await connection.sendRequest(
         "textDocument/inlineCompletion",
