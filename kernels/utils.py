@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -16,13 +17,8 @@ from typing import Any
 
 import torch
 
-try:
-    import triton
-
-    HAVE_TRITON = True
-except ImportError:  # kernels fall back to their torch reference
-    triton = None  # type: ignore[assignment]
-    HAVE_TRITON = False
+# Probed, not imported: importing Triton costs start-up time on machines that never launch a kernel.
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # else kernels fall back to torch
 
 
 def interpreting() -> bool:

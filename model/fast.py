@@ -151,12 +151,12 @@ def _denoise_canvas(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     final = canvas
     mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
-    soft: torch.Tensor | None = None  # self-conditioning: softmax of the last step's z, times E
+    soft: Callable[[], torch.Tensor] | None = None  # self-conditioning: softmax of the last step's z, times E
     steps = 0
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
-        hidden = model.decode_hidden(canvas, cache, soft, keys)
+        hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
         if model.triton:
             token_entropy, sampled, argmax, soft, log_z = _head_triton(model, hidden, temps[t], generator)
         else:
@@ -188,9 +188,14 @@ def _denoise_canvas(
 
 
 # A step's vocabulary statistics from the final hidden states: token entropy [B, W], sample and argmax ids,
-# the next step's soft embedding [B, W, d], and log softmax(z) at given ids (for the clamped suffix).
+# the next step's soft embedding [B, W, d] (asked for only if there is a next step), and log softmax(z) at
+# given ids (for the clamped suffix).
 HeadOut = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    Callable[[], torch.Tensor],
+    Callable[[torch.Tensor], torch.Tensor],
 ]
 
 
@@ -203,12 +208,11 @@ def _head_torch(
     dtype = model_dtype(model)
     if z.dtype != dtype:
         probs = torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
-    soft = probs @ model.embed_tokens.weight
 
     def log_z(ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(z, dim=-1).gather(-1, ids[..., None])[..., 0]
 
-    return token_entropy, sampled, torch.argmax(z, dim=-1), soft, log_z
+    return token_entropy, sampled, torch.argmax(z, dim=-1), lambda: probs @ model.embed_tokens.weight, log_z
 
 
 def _head_triton(
@@ -228,7 +232,7 @@ def _head_triton(
         cap = model.args.softcap
         return sampler.scale_logits(torch.tanh(logits / cap) * cap, temp) - out.lse
 
-    return out.entropy, out.sample, out.argmax, out.soft, log_z
+    return out.entropy, out.sample, out.argmax, lambda: out.soft, log_z
 
 
 def _clock(device: torch.device) -> float:
