@@ -403,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint")
+    parser.add_argument(
+        "--init", type=Path, help="start from this exported model (e.g. model/bundled) and its tokenizer"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=200)
     args = parser.parse_args(argv)
 
@@ -421,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         f"corpus: {len(corpus)} files from {len(manifest)} packages; {len(heldout)} held out", file=sys.stderr
     )
     tokenizer_dir = work / "tokenizer"
-    if args.resume and (tokenizer_dir / "tokenizer.json").exists():
+    if args.init is not None:  # the vocabulary the weights were trained with
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init)
+        tokenizer.save_pretrained(tokenizer_dir)
+    elif args.resume and (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(train_texts, size.vocab)
@@ -431,7 +437,16 @@ def main(argv: list[str] | None = None) -> int:
     newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
     examples = Examples(encoded, size, ids, newline_ids, rng)
 
-    model = DiffusionGemmaForBlockDiffusion(make_config(size)).to(device).train()
+    if args.init is not None:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)
+        text = model.config.text_config
+        shape = (text.vocab_size, text.hidden_size, text.num_hidden_layers, model.config.canvas_length)
+        if shape != (size.vocab, size.hidden, size.layers, size.canvas):
+            raise SystemExit(f"{args.init} is not a --size {args.size} model")
+        earlier = json.loads((args.init / "corpus_manifest.json").read_text())
+    else:
+        model, earlier = DiffusionGemmaForBlockDiffusion(make_config(size)), None
+    model = model.to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     step = load_training_state(work / "checkpoint", model, optim) if args.resume else 0
     generator = torch.Generator(device=device).manual_seed(args.seed + step)
@@ -468,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     export(model, tokenizer, args.out, manifest, {
         "steps": step, "batch": args.batch, "device": str(device), "size": args.size,
         "minutes": round((time.perf_counter() - started) / 60, 1), "final_loss": sum(recent) / len(recent),
+        **({"continued_from": earlier} if earlier else {}),
     })  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

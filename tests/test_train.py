@@ -76,6 +76,12 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert loaded.canvas_length == SIZES["toy"].canvas and has_fim_tokens(loaded.tokenizer)
     fill = Infiller(loaded).fill("def f(x):\n    return ", "\n", max_new_tokens=8, seed=0)
     assert fill.steps >= 1
+    # Continuing from the exported model: its tokenizer and weights, the earlier run kept in the manifest.
+    further = tmp_path / "further"
+    assert main([*common[2:], "--out", str(further), "--steps", "1", "--init", str(out)]) == 0
+    info = json.loads((further / "corpus_manifest.json").read_text())
+    assert info["training"]["continued_from"]["training"]["steps"] == 3
+    assert (further / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
 
 
 def test_heldout_tasks_cut_lines_out_of_whole_files() -> None:
