@@ -379,11 +379,15 @@ def load_training_state(folder: Path, model: torch.nn.Module, optim: torch.optim
     return int(json.loads((folder / "state.json").read_text())["step"])
 
 
-def progress(step: int, total: int, loss: float, started: float) -> None:
-    done = step / total
-    bar = "#" * int(30 * done)
+def progress(step: int, done: float, loss: float, started: float) -> None:
+    """One line, rewritten in place: ``done`` is the fraction of the run behind us (steps or time)."""
     eta = (time.perf_counter() - started) / max(done, 1e-9) * (1 - done)
-    print(f"\r[{bar:<30}] {step}/{total} loss {loss:.3f} eta {eta / 60:.1f} min", end="", file=sys.stderr)
+    bar = "#" * int(30 * done)
+    print(
+        f"\r[{bar:<30}] {done:4.0%} step {step} loss {loss:.3f} eta {eta / 60:.1f} min",
+        end="",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,14 +459,14 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.perf_counter() + 60 * args.minutes
     total = args.steps
     losses: list[float] = []
+
+    def done() -> float:  # the fraction of the run behind us: by steps, or by time when time-boxed
+        if deadline is None:
+            return step / total
+        return min(1.0, (time.perf_counter() - started) / (deadline - started))
+
     while step < total and (deadline is None or time.perf_counter() < deadline):
-        lr_scale = min(1.0, (step + 1) / warmup)
-        if deadline is None:  # cosine decay needs a known end; time-boxed runs decay by elapsed time
-            lr_scale *= 0.5 * (1 + math.cos(math.pi * step / total))
-        else:
-            lr_scale *= 0.5 * (
-                1 + math.cos(math.pi * min(1.0, (time.perf_counter() - started) / (deadline - started)))
-            )
+        lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * done()))
         for group in optim.param_groups:
             group["lr"] = args.lr * max(lr_scale, 0.05)
         loss = diffusion_loss(model, examples.batch(args.batch, device), generator)
@@ -472,9 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         optim.step()
         step += 1
         losses.append(loss.item())
-        progress(
-            step, total if deadline is None else max(step, 1), sum(losses[-50:]) / len(losses[-50:]), started
-        )
+        progress(step, done(), sum(losses[-50:]) / len(losses[-50:]), started)
         if step % args.checkpoint_every == 0:
             save_training_state(work / "checkpoint", model, optim, step)
     print(file=sys.stderr)
