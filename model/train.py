@@ -26,6 +26,7 @@ import importlib.metadata as metadata
 import json
 import math
 import random
+import re
 import sys
 import sysconfig
 import time
@@ -43,8 +44,9 @@ from dgemma_lsp.model.infill import clamped_suffix_tokens
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
-# Licences that allow redistributing weights derived from the code (no copyleft).
+# Licences that allow redistributing weights derived from the code, and copyleft ones that rule a term out.
 PERMISSIVE = ("MIT", "BSD", "Apache", "PSF", "Python Software Foundation", "ISC", "Unlicense", "Zlib", "HPND")
+COPYLEFT = ("GPL", "MPL", "Mozilla", "EPL", "Eclipse", "CDDL", "EUPL", "OSL", "CC-BY-SA")
 # Never train on evaluation data, or anything derived from it.
 BANNED_PATH_PARTS = ("humaneval", "human_eval", "mbpp", "santacoder", "apps_eval", "codecontests")
 MAX_FILE_BYTES = 200_000
@@ -92,6 +94,22 @@ SIZES = {
 # --- corpus ---------------------------------------------------------------------------------------------
 
 
+def permissive(licence: str) -> bool:
+    """A licence name or SPDX expression that lets us redistribute derived weights: some alternative of
+    an OR whose AND-ed terms are each permissive (so "MPL-2.0 AND MIT" is refused, "MIT OR GPL-2.0" taken)."""
+    if len(licence) >= 200:  # a licence's full text, not a name
+        return False
+
+    def term_ok(term: str) -> bool:
+        term = term.strip(" ()").lower()
+        return any(n.lower() in term for n in PERMISSIVE) and not any(c.lower() in term for c in COPYLEFT)
+
+    if "(" in licence:  # nested expressions: every term must pass
+        return all(map(term_ok, re.split(r"\s+(?:AND|OR)\s+", licence)))
+    alternatives = re.split(r"\s+OR\s+", licence)
+    return any(all(map(term_ok, re.split(r"\s+AND\s+", alternative))) for alternative in alternatives)
+
+
 def _licence(dist: metadata.Distribution) -> str | None:
     meta = dist.metadata
     candidates = [meta.get("License-Expression") or "", meta.get("License") or ""]
@@ -99,9 +117,8 @@ def _licence(dist: metadata.Distribution) -> str | None:
         c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License")
     ]
     for text in candidates:
-        if len(text) < 200 and any(name.lower() in text.lower() for name in PERMISSIVE):
-            if "GPL" not in text:
-                return text.strip()
+        if permissive(text):
+            return text.strip()
     return None
 
 

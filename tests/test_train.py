@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from dgemma_lsp.model.checkpoint import load_checkpoint
@@ -17,6 +18,7 @@ from dgemma_lsp.model.train import (
     collect_corpus,
     heldout_tasks,
     main,
+    permissive,
     split_heldout,
 )
 
@@ -26,10 +28,30 @@ def test_corpus_is_permissive_deduplicated_and_split() -> None:
     texts = [text for _, text in corpus]
     assert len(set(texts)) == len(texts)
     assert manifest[0]["package"] == "python-stdlib"
-    assert all("GPL" not in str(m["licence"]) for m in manifest)
+    assert all(permissive(str(m["licence"])) for m in manifest)
     assert not any(part in name.lower() for name, _ in corpus for part in BANNED_PATH_PARTS)
     train, heldout = split_heldout(corpus)
     assert heldout and train and not set(train) & set(heldout)
+
+
+@pytest.mark.parametrize(
+    ("licence", "allowed"),
+    [
+        ("MIT", True),
+        ("BSD License", True),
+        ("Apache-2.0 WITH LLVM-exception", True),
+        ("MIT OR GPL-2.0-only", True),  # we may take the MIT alternative
+        ("(Apache-2.0 OR BSD-3-Clause) AND MIT", True),
+        ("MPL-2.0 AND MIT", False),  # both apply, and MPL is copyleft
+        ("GNU General Public License v3 (GPLv3)", False),
+        ("LGPL-2.1-or-later", False),
+        ("(MIT OR Apache-2.0) AND EPL-2.0", False),
+        ("Proprietary", False),
+        ("", False),
+    ],
+)
+def test_licence_filter(licence: str, allowed: bool) -> None:
+    assert permissive(licence) is allowed
 
 
 def test_examples_have_fixed_shapes_and_fim_layout() -> None:
