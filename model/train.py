@@ -45,7 +45,10 @@ from dgemma_lsp.model.infill import clamped_suffix_tokens
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
 # Licences that allow redistributing weights derived from the code, and copyleft ones that rule a term out.
-PERMISSIVE = ("MIT", "BSD", "Apache", "PSF", "Python Software Foundation", "ISC", "Unlicense", "Zlib", "HPND")
+PERMISSIVE = (
+    "MIT", "BSD", "BSL-1.0", "Boost", "Apache", "PSF", "Python Software Foundation", "CNRI-Python", "ISC",
+    "Unlicense", "CC0", "Zlib", "HPND",
+)  # fmt: skip
 COPYLEFT = ("GPL", "MPL", "Mozilla", "EPL", "Eclipse", "CDDL", "EUPL", "OSL", "CC-BY-SA")
 # Never train on evaluation data, or anything derived from it.
 BANNED_PATH_PARTS = ("humaneval", "human_eval", "mbpp", "santacoder", "apps_eval", "codecontests")

@@ -42,6 +42,8 @@ def test_corpus_is_permissive_deduplicated_and_split() -> None:
         ("Apache-2.0 WITH LLVM-exception", True),
         ("MIT OR GPL-2.0-only", True),  # we may take the MIT alternative
         ("(Apache-2.0 OR BSD-3-Clause) AND MIT", True),
+        ("BSD-3-Clause AND 0BSD AND MIT AND Zlib AND CC0-1.0", True),  # numpy's
+        ("Apache-2.0 AND CNRI-Python", True),
         ("MPL-2.0 AND MIT", False),  # both apply, and MPL is copyleft
         ("GNU General Public License v3 (GPLv3)", False),
         ("LGPL-2.1-or-later", False),
