@@ -20,6 +20,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 
 from . import sampler
+from .prompt import FimOrder
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
@@ -29,7 +30,8 @@ GENERATION_CONFIG = "generation_config.json"
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Sampler knobs; the defaults are the released google/diffusiongemma-26B-A4B-it generation config."""
+    """Sampler knobs and the FIM prompt order; the defaults are the released
+    google/diffusiongemma-26B-A4B-it generation config (which has no FIM order: PSM)."""
 
     max_denoising_steps: int = 48
     t_min: float = 0.4
@@ -39,8 +41,11 @@ class SamplerSettings:
     confidence_threshold: float = 0.005
     eos_token_ids: tuple[int, ...] = (1,)
     pad_token_id: int = 0
+    fim_order: FimOrder = "psm"
 
     def __post_init__(self) -> None:
+        if self.fim_order not in ("psm", "spm"):
+            raise ValueError(f"fim_order must be 'psm' or 'spm', got {self.fim_order!r}")
         if self.max_denoising_steps < 1:
             raise ValueError(f"max_denoising_steps must be >= 1, got {self.max_denoising_steps}")
         if not 0 <= self.t_min < self.t_max:
@@ -71,6 +76,8 @@ class SamplerSettings:
         ):
             if gen.get(name) is not None:
                 fields[name] = kind(gen[name])
+        if gen.get("fim_order") is not None:
+            fields["fim_order"] = gen["fim_order"]
         sampler_config = gen.get("sampler_config")
         if isinstance(sampler_config, dict) and sampler_config.get("entropy_bound") is not None:
             fields["entropy_bound"] = float(sampler_config["entropy_bound"])

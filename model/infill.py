@@ -110,7 +110,14 @@ class Infiller:
         ``key`` names the document (its URI), so the fast backend reuses that document's encoded prefix.
         """
         loaded = self.loaded
-        parts = build_prompt_parts(loaded.tokenizer, prefix, suffix, language=language, mode=self.prompt_mode)
+        parts = build_prompt_parts(
+            loaded.tokenizer,
+            prefix,
+            suffix,
+            language=language,
+            mode=self.prompt_mode,
+            fim_order=loaded.settings.fim_order,
+        )
         if loaded.max_positions is not None:  # a small model: keep the prompt and one canvas in range
             fits = max(1, loaded.max_positions - loaded.canvas_length)
             max_prompt_tokens = min(max_prompt_tokens or fits, fits)

@@ -18,6 +18,9 @@ CURSOR = "<CURSOR>"
 FENCE = "```"
 
 PromptMode = Literal["auto", "fim", "chat", "plain"]
+# Where a FIM prompt puts the two sides of the cursor: prefix first (PSM) or suffix first (SPM). A
+# checkpoint's generation_config.json says which it was trained with ("fim_order"); PSM when it does not.
+FimOrder = Literal["psm", "spm"]
 
 # Markers that end a turn in common chat formats (Gemma 4 first); cut there if the model writes them as text.
 END_OF_TURN_TEXTS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
@@ -89,7 +92,8 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, code: bool) -> lis
 @dataclass
 class PromptParts:
     """A prompt as segments, so it can be shortened without re-tokenizing: prefix loses tokens from the left,
-    suffix from the right; the other segments are fixed."""
+    suffix from the right; the other segments are fixed. ``suffix_first`` lays it out head, suffix, middle,
+    prefix, tail (SPM) instead of head, prefix, middle, suffix, tail."""
 
     mode: Literal["fim", "chat", "plain"]
     head: list[int] = field(default_factory=list)
@@ -97,26 +101,30 @@ class PromptParts:
     middle: list[int] = field(default_factory=list)
     suffix: list[int] = field(default_factory=list)
     tail: list[int] = field(default_factory=list)
+    suffix_first: bool = False
 
     def ids(self) -> list[int]:
-        return [*self.head, *self.prefix, *self.middle, *self.suffix, *self.tail]
+        return self._join(self.prefix, self.suffix)
+
+    def _join(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        first, second = (suffix, prefix) if self.suffix_first else (prefix, suffix)
+        return [*self.head, *first, *self.middle, *second, *self.tail]
 
     def truncated(self, max_tokens: int | None) -> list[int]:
-        """At most ``max_tokens`` ids: drop the oldest prefix tokens first, then the far end of the suffix,
-        and as a last resort keep only the last ``max_tokens`` ids."""
+        """At most ``max_tokens`` ids. The suffix keeps the tokens nearest the cursor, up to a quarter of
+        the room (more when the prefix is short); the prefix keeps its newest tokens in the rest. A suffix
+        that could take the whole room would push out the code just before the cursor, which matters most.
+        As a last resort (the fixed segments alone are too long) keep only the last ``max_tokens`` ids."""
         ids = self.ids()
         if max_tokens is None or len(ids) <= max_tokens:
             return ids
         if max_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_tokens}")
-        excess = len(ids) - max_tokens
-        drop_prefix = min(excess, len(self.prefix))
-        prefix = self.prefix[drop_prefix:]
-        excess -= drop_prefix
-        drop_suffix = min(excess, len(self.suffix))
-        suffix = self.suffix[: len(self.suffix) - drop_suffix]
-        ids = [*self.head, *prefix, *self.middle, *suffix, *self.tail]
-        return ids[-max_tokens:]
+        room = max(0, max_tokens - len(self.head) - len(self.middle) - len(self.tail))
+        keep_suffix = min(len(self.suffix), max(room // 4, room - len(self.prefix)))
+        keep_prefix = min(len(self.prefix), room - keep_suffix)
+        prefix = self.prefix[len(self.prefix) - keep_prefix :]
+        return self._join(prefix, self.suffix[:keep_suffix])[-max_tokens:]
 
 
 def _fence_tag(language: str | None) -> str:
@@ -152,23 +160,27 @@ def build_prompt_parts(
     *,
     language: str | None = None,
     mode: PromptMode = "auto",
+    fim_order: FimOrder = "psm",
 ) -> PromptParts:
     """The prompt for filling between ``prefix`` and ``suffix``, as truncatable segments."""
     resolved = resolve_mode(tokenizer, mode)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if resolved == "fim":
-        # PSM order: [bos] <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>
+        # PSM: [bos] <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>
+        # SPM: [bos] <|fim_suffix|> suffix <|fim_prefix|> prefix <|fim_middle|>
         fim_prefix, fim_suffix, fim_middle = (
             _single_token_id(tokenizer, t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
         )
         assert fim_prefix is not None and fim_suffix is not None and fim_middle is not None  # resolve_mode
+        spm = fim_order == "spm"
         return PromptParts(
             mode="fim",
-            head=[*bos, fim_prefix],
+            head=[*bos, fim_suffix if spm else fim_prefix],
             prefix=_encode(tokenizer, prefix, code=True),
-            middle=[fim_suffix],
+            middle=[fim_prefix if spm else fim_suffix],
             suffix=_encode(tokenizer, suffix, code=True),
             tail=[fim_middle],
+            suffix_first=spm,
         )
     if resolved == "plain":
         return PromptParts(mode="plain", head=bos, prefix=_encode(tokenizer, prefix, code=True))
@@ -205,9 +217,11 @@ def build_prompt(
     *,
     language: str | None = None,
     mode: PromptMode = "auto",
+    fim_order: FimOrder = "psm",
 ) -> list[int]:
-    """Prompt ids: FIM (PSM) if the tokenizer has the sentinels, else chat template, else plain prefix."""
-    return build_prompt_parts(tokenizer, prefix, suffix, language=language, mode=mode).ids()
+    """Prompt ids: FIM if the tokenizer has the sentinels, else chat template, else plain prefix."""
+    parts = build_prompt_parts(tokenizer, prefix, suffix, language=language, mode=mode, fim_order=fim_order)
+    return parts.ids()
 
 
 def stop_strings(tokenizer: PreTrainedTokenizerBase, mode: PromptMode = "auto") -> list[str]:

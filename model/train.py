@@ -13,8 +13,8 @@ Objective (docs/DIFFUSIONGEMMA.md §4): the canvas follows a causal prompt; each
 replaced by a uniform random token with probability t ~ U(0.001, 1); cross-entropy on the canvas;
 self-conditioning on half the examples (a first pass without it, its logits detached and fed back);
 plus the encoder's autoregressive loss on the prompt. Examples are plain continuations and FIM
-(prefix and suffix in the prompt with sentinels; the middle, then EOS, on the canvas), a quarter of the
-FIM ones with the suffix clamped into the canvas after the middle (clean, not scored).
+(suffix, then prefix in the prompt with sentinels; the middle, then EOS, on the canvas), a quarter of
+the FIM ones with the suffix clamped into the canvas after the middle (clean, not scored).
 """
 
 from __future__ import annotations
@@ -325,8 +325,10 @@ class Examples:
         budget = s.prompt - 4 - len(done)
         prefix = tokens[max(0, start - rng.randint(budget // 4, budget)) : start]
         suffix = tokens[end : end + budget - len(prefix)]
-        prefix = [ids[PAD]] * (budget - len(prefix) - len(suffix)) + prefix  # rare: short file
-        prompt = [ids[BOS], ids[FIM_PREFIX], *prefix, ids[FIM_SUFFIX], *suffix, ids[FIM_MIDDLE], *done]
+        pad = [ids[PAD]] * (budget - len(prefix) - len(suffix))  # rare: short file
+        # Suffix first (SPM), so the code just before the cursor sits next to the canvas, in the sliding
+        # layers' window.
+        prompt = [*pad, ids[BOS], ids[FIM_SUFFIX], *suffix, ids[FIM_PREFIX], *prefix, ids[FIM_MIDDLE], *done]
         clamp: list[int] = []
         if canvas[-1] == ids[EOS] and rng.random() < 0.25:  # the suffix clamped at the canvas end, as
             clamp = suffix[: clamped_suffix_tokens(s.canvas)]  # infill.py lays it out; clean, not scored
@@ -530,6 +532,7 @@ def export(
         "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
         "t_min": 0.4, "t_max": 0.8, "stability_threshold": 1, "confidence_threshold": 0.005,
         "max_new_tokens": model.config.canvas_length,
+        "fim_order": "spm",  # the order Examples lays prompts out in: suffix first
         "bos_token_id": 2, "eos_token_id": [1], "pad_token_id": 0,
     }  # fmt: skip
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))

@@ -149,6 +149,7 @@ def test_settings_from_generation_config(tmp_path: Path) -> None:
                 "confidence_threshold": 0.01,
                 "eos_token_id": [1, 106, 50],
                 "pad_token_id": 0,
+                "fim_order": "spm",
             }
         )
     )
@@ -161,6 +162,7 @@ def test_settings_from_generation_config(tmp_path: Path) -> None:
         confidence_threshold=0.01,
         eos_token_ids=(1, 106, 50),
         pad_token_id=0,
+        fim_order="spm",
     )
 
 
@@ -179,3 +181,5 @@ def test_settings_validation() -> None:
         SamplerSettings(t_min=0.8, t_max=0.4)
     with pytest.raises(ValueError):
         SamplerSettings(entropy_bound=0.0)
+    with pytest.raises(ValueError, match="fim_order"):
+        SamplerSettings(fim_order="mps")  # type: ignore[arg-type]

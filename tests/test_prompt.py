@@ -56,6 +56,12 @@ def test_fim_layout_exact_ids(fim_tok) -> None:
     assert fim_tok.decode(ids) == f"<bos>{FIM_PREFIX}{PREFIX}{FIM_SUFFIX}{SUFFIX}{FIM_MIDDLE}"
 
 
+def test_fim_suffix_first(fim_tok) -> None:
+    fp, fs, fm = (fim_tok.convert_tokens_to_ids(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
+    ids = build_prompt(fim_tok, PREFIX, SUFFIX, fim_order="spm")
+    assert ids == [2, fs, *enc(fim_tok, SUFFIX), fp, *enc(fim_tok, PREFIX), fm]
+
+
 def test_fim_empty_suffix(fim_tok) -> None:
     ids = build_prompt(fim_tok, "x = ", "")
     assert ids[-2:] == [4, 5]
@@ -101,27 +107,39 @@ def test_forced_modes(fim_tok, plain_tok) -> None:
         build_prompt(plain_tok, PREFIX, SUFFIX, mode="chat")
 
 
-@pytest.mark.parametrize("kind", ["fim", "chat"])
+@pytest.mark.parametrize("kind", ["fim", "spm", "chat"])
 def test_truncation_drops_oldest_prefix_tokens(kind, fim_tok, chat_tok) -> None:
-    tok = fim_tok if kind == "fim" else chat_tok
+    tok = chat_tok if kind == "chat" else fim_tok
     long_prefix = "".join(f"value_{i} = {i}\n" for i in range(200)) + PREFIX
-    parts = build_prompt_parts(tok, long_prefix, SUFFIX, language="python")
+    order = "spm" if kind == "spm" else "psm"
+    parts = build_prompt_parts(tok, long_prefix, SUFFIX, language="python", fim_order=order)
     full = parts.ids()
     limit = len(full) - 50
     cut = parts.truncated(limit)
     assert len(cut) == limit
     assert cut[: len(parts.head)] == parts.head  # bos, sentinels, instruction kept
     assert cut[-len(parts.tail) :] == parts.tail  # prompt end (and chat prefill) kept
-    assert cut == [*parts.head, *parts.prefix[50:], *parts.middle, *parts.suffix, *parts.tail]
+    assert cut == parts._join(parts.prefix[50:], parts.suffix)  # the short suffix is whole
     assert parts.truncated(None) == full
     assert parts.truncated(len(full) + 10) == full
 
 
-def test_truncation_then_suffix(fim_tok) -> None:
+@pytest.mark.parametrize("order", ["psm", "spm"])
+def test_truncation_keeps_the_prefix_near_the_cursor(order, fim_tok) -> None:
+    """A long suffix gets a quarter of the room; the prefix, which matters more, keeps the rest."""
+    prefix = "".join(f"before_{i} = {i}\n" for i in range(100))
+    suffix = "".join(f"after_{i} = {i}\n" for i in range(100))
+    parts = build_prompt_parts(fim_tok, prefix, suffix, fim_order=order)
+    fixed = len(parts.head) + len(parts.middle) + len(parts.tail)
+    cut = parts.truncated(fixed + 100)
+    assert cut == parts._join(parts.prefix[-75:], parts.suffix[:25])
+
+
+def test_truncation_gives_a_short_prefix_room_to_the_suffix(fim_tok) -> None:
     parts = build_prompt_parts(fim_tok, "a = 1\n", "b = 2\nc = 3\n" * 20)
     fixed = len(parts.head) + len(parts.middle) + len(parts.tail)
-    cut = parts.truncated(fixed + 5)
-    assert cut == [*parts.head, *parts.middle, *parts.suffix[:5], *parts.tail]
+    cut = parts.truncated(fixed + len(parts.prefix) + 30)
+    assert cut == [*parts.head, *parts.prefix, *parts.middle, *parts.suffix[:30], *parts.tail]
 
 
 def test_stop_strings(fim_tok, chat_tok, plain_tok) -> None:

@@ -66,10 +66,16 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
     examples = Examples([tokens], size, ids, {newline}, random.Random(0))
     batch = examples.batch(256, torch.device("cpu"))
     assert batch.prompt.shape == (256, size.prompt) and batch.canvas.shape == (256, size.canvas)
-    fim = batch.prompt[:, 1] == 3
+    fim = (batch.prompt == 5).any(dim=1)
     assert fim.any() and (~fim).any()  # both FIM and plain continuation examples
     middle_at = (batch.prompt[fim] == 5).int().argmax(dim=1)
     assert (batch.prompt[fim] == 5).sum(dim=1).eq(1).all()
+    suffix_at, prefix_at = ((batch.prompt[fim] == s).int().argmax(dim=1) for s in (4, 3))
+    assert (suffix_at < prefix_at).all() and (prefix_at < middle_at).all()  # suffix first (SPM)
+    # One-block middles: the prompt's last code token is the one just before the middle in the file.
+    last, first = batch.prompt[fim][:, -2], batch.canvas[fim][:, 0]
+    one_block = (middle_at == size.prompt - 1) & (first > newline) & (last > newline)
+    assert one_block.any() and (last[one_block] == first[one_block] - 1).all()
     assert (middle_at == size.prompt - 1).any() and (middle_at < size.prompt - 1).any()  # later blocks
     assert (batch.canvas[fim] == 1).any(dim=1).any()  # middles end in EOS
     assert (~batch.scored).any()  # some canvases carry a clamped suffix that is not scored
