@@ -104,9 +104,10 @@ class PromptParts:
     suffix_first: bool = False
 
     def ids(self) -> list[int]:
-        return self._join(self.prefix, self.suffix)
+        return self.joined(self.prefix, self.suffix)
 
-    def _join(self, prefix: list[int], suffix: list[int]) -> list[int]:
+    def joined(self, prefix: list[int], suffix: list[int]) -> list[int]:
+        """The fixed segments around this ``prefix`` and ``suffix``, in this prompt's order."""
         first, second = (suffix, prefix) if self.suffix_first else (prefix, suffix)
         return [*self.head, *first, *self.middle, *second, *self.tail]
 
@@ -124,7 +125,7 @@ class PromptParts:
         keep_suffix = min(len(self.suffix), max(room // 4, room - len(self.prefix)))
         keep_prefix = min(len(self.prefix), room - keep_suffix)
         prefix = self.prefix[len(self.prefix) - keep_prefix :]
-        return self._join(prefix, self.suffix[:keep_suffix])[-max_tokens:]
+        return self.joined(prefix, self.suffix[:keep_suffix])[-max_tokens:]
 
 
 def _fence_tag(language: str | None) -> str:

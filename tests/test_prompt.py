@@ -119,7 +119,7 @@ def test_truncation_drops_oldest_prefix_tokens(kind, fim_tok, chat_tok) -> None:
     assert len(cut) == limit
     assert cut[: len(parts.head)] == parts.head  # bos, sentinels, instruction kept
     assert cut[-len(parts.tail) :] == parts.tail  # prompt end (and chat prefill) kept
-    assert cut == parts._join(parts.prefix[50:], parts.suffix)  # the short suffix is whole
+    assert cut == parts.joined(parts.prefix[50:], parts.suffix)  # the short suffix is whole
     assert parts.truncated(None) == full
     assert parts.truncated(len(full) + 10) == full
 
@@ -132,7 +132,7 @@ def test_truncation_keeps_the_prefix_near_the_cursor(order, fim_tok) -> None:
     parts = build_prompt_parts(fim_tok, prefix, suffix, fim_order=order)
     fixed = len(parts.head) + len(parts.middle) + len(parts.tail)
     cut = parts.truncated(fixed + 100)
-    assert cut == parts._join(parts.prefix[-75:], parts.suffix[:25])
+    assert cut == parts.joined(parts.prefix[-75:], parts.suffix[:25])
 
 
 def test_truncation_gives_a_short_prefix_room_to_the_suffix(fim_tok) -> None:
