@@ -21,8 +21,10 @@ from dgemma_lsp.model.fast import (
     step_statistics,
     stop_free,
 )
+from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.model.kv_cache import KVCache
 from dgemma_lsp.model.load import from_hf_model, load_fast
+from dgemma_lsp.model.prompt import build_prompt
 
 SHORT = [2, 10, 11, 12, 13]
 LONG = [2, *range(40, 140)]  # 101 tokens: past the sliding window (16)
@@ -299,3 +301,15 @@ def test_several_middle_lengths_in_one_batch(fast: DGemma) -> None:
     scores = [(c.suffix_logprob, -c.mean_entropy) for c in result.candidates]
     assert scores == sorted(scores, reverse=True) and result.tokens == result.candidates[0].tokens
     assert all(c.suffix_logprob < 0 and c.mean_entropy > 0 for c in result.candidates)
+
+
+@pytest.mark.parametrize("order", ["psm", "spm"])
+def test_infiller_lays_prompts_out_in_the_checkpoint_fim_order(order, tiny_checkpoint: Path) -> None:
+    loaded = load_fast(tiny_checkpoint, device="cpu")
+    loaded = dataclasses.replace(loaded, settings=SamplerSettings(max_denoising_steps=2, fim_order=order))
+    infiller = Infiller(loaded)
+    prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
+    infiller.fill(prefix, suffix, max_new_tokens=8, seed=0, key="doc")
+    expected = build_prompt(loaded.tokenizer, prefix, suffix, fim_order=order)
+    assert infiller._slots is not None
+    assert infiller._slots.get("doc").tokens[: len(expected)].tolist() == expected  # what was encoded
