@@ -61,7 +61,8 @@ class SamplerSettings:
     def from_generation_config(cls, folder: Path) -> SamplerSettings:
         """Read ``generation_config.json`` in ``folder``; missing fields (or file) keep the defaults.
 
-        EOS/pad fall back to the text config in ``config.json`` when the generation config does not name them.
+        EOS/pad fall back to the text config in ``config.json`` when the generation config does not name them;
+        the FIM order is ``fim_order`` in ``config.json``.
         Raises ValueError (naming the file) for unreadable JSON or bad values.
         """
         folder = Path(folder)
@@ -76,15 +77,15 @@ class SamplerSettings:
         ):
             if gen.get(name) is not None:
                 fields[name] = kind(gen[name])
-        if gen.get("fim_order") is not None:
-            fields["fim_order"] = gen["fim_order"]
         sampler_config = gen.get("sampler_config")
         if isinstance(sampler_config, dict) and sampler_config.get("entropy_bound") is not None:
             fields["entropy_bound"] = float(sampler_config["entropy_bound"])
 
+        model_config = _read_json_object(folder / "config.json")
+        if model_config.get("fim_order") is not None:  # in config.json: transformers refuses it in the other
+            fields["fim_order"] = model_config["fim_order"]
         eos, pad = gen.get("eos_token_id"), gen.get("pad_token_id")
         if eos is None or pad is None:
-            model_config = _read_json_object(folder / "config.json")
             text_config = model_config.get("text_config") or {}
             eos = (
                 eos if eos is not None else text_config.get("eos_token_id", model_config.get("eos_token_id"))

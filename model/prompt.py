@@ -19,7 +19,7 @@ FENCE = "```"
 
 PromptMode = Literal["auto", "fim", "chat", "plain"]
 # Where a FIM prompt puts the two sides of the cursor: prefix first (PSM) or suffix first (SPM). A
-# checkpoint's generation_config.json says which it was trained with ("fim_order"); PSM when it does not.
+# checkpoint's config.json says which it was trained with ("fim_order"); PSM when it does not.
 FimOrder = Literal["psm", "spm"]
 
 # Markers that end a turn in common chat formats (Gemma 4 first); cut there if the model writes them as text.

@@ -525,6 +525,7 @@ def export(
     training: dict[str, object],
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    model.config.fim_order = "spm"  # the order Examples lays prompts out in: suffix first
     model.eval().to("cpu", torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     generation = {
@@ -532,7 +533,6 @@ def export(
         "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
         "t_min": 0.4, "t_max": 0.8, "stability_threshold": 1, "confidence_threshold": 0.005,
         "max_new_tokens": model.config.canvas_length,
-        "fim_order": "spm",  # the order Examples lays prompts out in: suffix first
         "bos_token_id": 2, "eos_token_id": [1], "pad_token_id": 0,
     }  # fmt: skip
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))

@@ -149,10 +149,10 @@ def test_settings_from_generation_config(tmp_path: Path) -> None:
                 "confidence_threshold": 0.01,
                 "eos_token_id": [1, 106, 50],
                 "pad_token_id": 0,
-                "fim_order": "spm",
             }
         )
     )
+    (tmp_path / "config.json").write_text(json.dumps({"fim_order": "spm"}))
     assert SamplerSettings.from_generation_config(tmp_path) == SamplerSettings(
         max_denoising_steps=12,
         t_min=0.2,
