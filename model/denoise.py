@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
@@ -44,8 +44,8 @@ class SamplerSettings:
     fim_order: FimOrder = "psm"
 
     def __post_init__(self) -> None:
-        if self.fim_order not in ("psm", "spm"):
-            raise ValueError(f"fim_order must be 'psm' or 'spm', got {self.fim_order!r}")
+        if self.fim_order not in get_args(FimOrder):
+            raise ValueError(f"fim_order must be one of {get_args(FimOrder)}, got {self.fim_order!r}")
         if self.max_denoising_steps < 1:
             raise ValueError(f"max_denoising_steps must be >= 1, got {self.max_denoising_steps}")
         if not 0 <= self.t_min < self.t_max:
