@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gzip
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -167,6 +168,16 @@ def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str
         if count:
             manifest.append({"package": name, "version": version, "licence": licence, "files": count})
     return corpus, manifest
+
+
+def corpus_from_file(path: Path, max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str, object]]]:
+    """The corpus saved at ``path`` (gzipped JSON), built from this machine's packages and saved there first
+    when the file does not exist: another machine then trains on the same files, holding out the same ones."""
+    if not path.exists():
+        corpus, manifest = collect_corpus(max_bytes)
+        path.write_bytes(gzip.compress(json.dumps({"files": corpus, "packages": manifest}).encode()))
+    saved = json.loads(gzip.decompress(path.read_bytes()))
+    return [(name, text) for name, text in saved["files"]], saved["packages"]
 
 
 def split_heldout(corpus: list[tuple[str, str]], every: int = 50) -> tuple[list[str], list[str]]:
@@ -428,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--corpus-mb", type=float, default=60.0)
+    parser.add_argument(
+        "--corpus", type=Path, help="corpus file (.json.gz): read it, or build this machine's corpus into it"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint")
@@ -445,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
-    corpus, manifest = collect_corpus(int(args.corpus_mb * 1e6))
+    max_bytes = int(args.corpus_mb * 1e6)
+    corpus, manifest = corpus_from_file(args.corpus, max_bytes) if args.corpus else collect_corpus(max_bytes)
     train_texts, heldout = split_heldout(corpus)
     (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout))
     tasks = heldout_tasks(heldout, 300, args.seed)
