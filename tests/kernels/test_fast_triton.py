@@ -21,8 +21,11 @@ PROMPT = [2, *range(40, 77)]  # 38 tokens: past the sliding window (16)
 
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint: Path) -> tuple[LoadedModel, LoadedModel]:
-    torch_kernels = load_fast(tiny_checkpoint, device=DEVICE.type, kernels="torch")
-    triton_kernels = load_fast(tiny_checkpoint, device=DEVICE.type, kernels="triton")
+    # Compared in fp32 (CUDA loads bf16): both sides then round alike and completions match token for token.
+    torch_kernels, triton_kernels = (
+        dataclasses.replace(loaded, model=loaded.model.float(), dtype=torch.float32)
+        for loaded in (load_fast(tiny_checkpoint, device=DEVICE.type, kernels=k) for k in ("torch", "triton"))
+    )
     assert not torch_kernels.model.triton and triton_kernels.model.triton
     return torch_kernels, triton_kernels
 
