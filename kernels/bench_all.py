@@ -6,8 +6,9 @@
 Writes DIR/bench_all.json: per op (bench_<op>.run at the real 26B-A4B shapes), then `dgemma-lsp bench`'s
 whole-step comparison on random weights of the real config (batch 1, canvas 256): transformers' reference,
 the fast backend with torch kernels and with Triton kernels, with the step time against the
-weight-streaming floor (every weight read once per step at the measured copy bandwidth). A part that
-fails is recorded with its error; the others still run.
+weight-streaming floor (every weight read once per step at the measured copy bandwidth); and
+DIR/profile_step.txt, the profiler's op table of one fast-triton completion. A part that fails is recorded
+with its error; the others still run.
 """
 
 from __future__ import annotations
@@ -50,6 +51,37 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
     return report
 
 
+def profile(device: torch.device, small: bool, prompt_tokens: int, out: Path) -> dict[str, Any]:
+    """Where one fast-triton completion's time goes (4 steps): the profiler's op table in out."""
+    import dataclasses
+
+    from dgemma_lsp.model.bench import setup
+    from dgemma_lsp.model.fast import denoise_fast
+
+    config = "tiny" if small else "diffusiongemma-26b-a4b"
+    s = setup(None, device=str(device), backends=("fast",), random_weights=True, config=config, layers=None)
+    model = s.models["fast"]
+    model.use_kernels(True)
+    prompt = torch.randint(0, s.vocab_size, (16 if small else prompt_tokens,), device=device)
+    settings = dataclasses.replace(s.settings, max_denoising_steps=4)
+
+    def complete() -> None:
+        generator = torch.Generator(device).manual_seed(0)
+        denoise_fast(model, prompt, max_new_tokens=s.canvas_length, settings=settings, generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    complete()  # compiles the kernels
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        complete()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    (out / "profile_step.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=45))
+    return {"table": str(out / "profile_step.txt")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for bench_all.json")
@@ -64,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__, "small": small}
     parts: dict[str, Any] = {name: (lambda m=module: m.run(device, small)) for name, module in OPS.items()}
     parts["whole_step"] = lambda: whole_step(device, small, args.layers, args.prompt_tokens)
+    parts["profile"] = lambda: profile(device, small, args.prompt_tokens, args.out)
     for name, part in parts.items():
         start = time.perf_counter()
         try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgemma_lsp.kernels import bench_vocab_head, reference, vocab_head
+from dgemma_lsp.kernels import bench_vocab_head, reference, tune_vocab_head, vocab_head
 from tests.kernels.conftest import DEVICE, assert_close
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -166,3 +166,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert bench_vocab_head.main(["--small", "--device", DEVICE.type, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["torch_ms"] > 0 and result["triton_ms"] > 0 and result["device"]
+
+
+def test_tune_keeps_the_fastest_configuration_that_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "tune.json"
+    argv = ["--small", "--device", DEVICE.type, "--json", str(out)]
+    assert tune_vocab_head.main(argv) == 0
+    result = json.loads(out.read_text())
+    timed = [row for row in result["results"] if "ms" in row]
+    assert len(timed) == len(result["results"]) >= 4 and all(row["agrees"] for row in timed)
+    fastest = min(timed, key=lambda row: row["ms"])
+    assert result["best_ms"] == fastest["ms"] and result["results"][0]["ms"] == result["current_ms"]
+    assert result["best"] == {k: v for k, v in fastest.items() if k not in ("agrees", "ms")}
