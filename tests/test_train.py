@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dgemma_lsp.model.train import (
     SIZES,
     Examples,
     collect_corpus,
+    corpus_from_file,
     heldout_tasks,
     main,
     permissive,
@@ -32,6 +34,15 @@ def test_corpus_is_permissive_deduplicated_and_split() -> None:
     assert not any(part in name.lower() for name, _ in corpus for part in BANNED_PATH_PARTS)
     train, heldout = split_heldout(corpus)
     assert heldout and train and not set(train) & set(heldout)
+
+
+def test_corpus_file_is_built_once_then_read(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.json.gz"
+    built = corpus_from_file(path, 300_000)
+    assert path.exists() and built == collect_corpus(300_000)
+    # Another machine reads the file, whatever it has installed: here, a corpus edited in the file.
+    path.write_bytes(gzip.compress(json.dumps({"files": [["a/b.py", "x = 1\n"]], "packages": []}).encode()))
+    assert corpus_from_file(path, 300_000) == ([("a/b.py", "x = 1\n")], [])
 
 
 @pytest.mark.parametrize(
