@@ -14,6 +14,7 @@ with its error; the others still run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -53,8 +54,6 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
 
 def profile(device: torch.device, small: bool, prompt_tokens: int, out: Path) -> dict[str, Any]:
     """Where one fast-triton completion's time goes (4 steps): the profiler's op table in out."""
-    import dataclasses
-
     from dgemma_lsp.model.bench import setup
     from dgemma_lsp.model.fast import denoise_fast
 

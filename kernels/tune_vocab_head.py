@@ -27,7 +27,7 @@ from dgemma_lsp.kernels.utils import device_name, time_ms
 from dgemma_lsp.kernels.vocab_head import _launch_config, vocab_head
 
 
-def _phases(current: dict[str, int], small: bool, sms: int) -> list[list[dict[str, int]]]:
+def _phases(small: bool, sms: int) -> list[list[dict[str, int]]]:
     """Candidate changes per phase, applied to the best configuration found so far."""
     if small:  # a smoke run: a few configurations the interpreter gets through quickly
         return [[{"stats_v": 32}, {"stats_d": 16}], [{"soft_v": 32}], [{"programs": 2}]]
@@ -74,7 +74,7 @@ def run(device: torch.device, small: bool, budget_s: float) -> dict[str, Any]:
         return row.get("ms", float("inf"))
 
     best, best_ms = dict(current), measure(current)
-    for phase in _phases(current, small, sms):
+    for phase in _phases(small, sms):
         for change in phase:
             cfg = {**best, **change}
             if cfg == best or time.perf_counter() > deadline:
