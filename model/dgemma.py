@@ -73,6 +73,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA with grouped K/V heads, scale 1. Above head dim 256 no fused kernel takes ``enable_gqa`` (with a
+    mask, none does), so torch would fall back to its fp32 math path (seen on an H200, 11 % of a prefill's
+    GPU time); repeated K/V heads let the memory-efficient kernel take head dim 512."""
+    grouped = k.shape[1] != q.shape[1]
+    if grouped and q.shape[-1] > 256:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        grouped = False  # the flag alone keeps the fused kernels out
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=grouped)
+
+
 def _fuse_on_load(module: nn.Module, fused: str, parts: list[str]) -> None:
     """Load checkpoint tensors ``parts`` concatenated (dim 0) into our ``fused`` parameter."""
 
@@ -148,7 +160,7 @@ class Attention(nn.Module):
             prefix = (batch, -1, -1, -1)
             k = torch.cat([cache_k[:, :, lo:start].expand(prefix), k], dim=2)
             v = torch.cat([cache_v[:, :, lo:start].expand(prefix), v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
+        out = attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
     def _forward_triton(
@@ -176,7 +188,7 @@ class Attention(nn.Module):
         )
         if encode:  # causal prefill: torch's attention over the cache slice just written
             keys, values = cache_k[:, :, lo : start + seq], cache_v[:, :, lo : start + seq]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
+            out = attend(q, keys, values, mask)
         else:
             out = attention.canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))

@@ -14,7 +14,7 @@ from transformers.cache_utils import DynamicCache
 
 from dgemma_lsp.model.checkpoint import ModelLoadError, load_checkpoint
 from dgemma_lsp.model.config import FULL, SLIDING, ModelArgs, named_config
-from dgemma_lsp.model.dgemma import DGemma
+from dgemma_lsp.model.dgemma import DGemma, attend
 from dgemma_lsp.model.kv_cache import KVCache
 from dgemma_lsp.model.load import from_hf_model, load_fast, quantize_experts, random_hf_model
 
@@ -124,6 +124,19 @@ def test_several_experts_canvases_and_layer_scalars() -> None:
     for i in range(6):
         assert_close(dec[i], ref_dec[i], f"decoder layer {i}")
     assert_close(logits, ref_logits, "logits")
+
+
+@pytest.mark.parametrize("head_dim", [64, 512])  # above 256 the K/V heads are repeated instead
+def test_attention_over_grouped_heads_matches_sdpa_gqa(head_dim: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 5, head_dim, generator=g)
+    k, v = (torch.randn(1, 2, 7, head_dim, generator=g) for _ in range(2))
+    mask = torch.rand(5, 7, generator=g) > 0.3
+    mask[:, 0] = True  # every query sees a key
+    want = torch.cat(
+        [torch.softmax(q[:, h] @ k[:, h // 2].mT + (~mask) * -1e9, -1) @ v[:, h // 2] for h in range(4)]
+    )
+    torch.testing.assert_close(attend(q, k, v, mask)[0], want, atol=1e-5, rtol=1e-5)
 
 
 def test_model_args_from_the_released_config() -> None:
