@@ -75,7 +75,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """SDPA with grouped K/V heads, scale 1. Above head dim 256 no fused kernel takes ``enable_gqa`` (with a
-    mask, none does), so torch would fall back to its fp32 math path (seen on an H200, 11 % of a prefill's
+    mask, none does), so torch falls back to its fp32 math path (on an H200, 11 % of a 2k-prompt completion's
     GPU time); repeated K/V heads let the memory-efficient kernel take head dim 512."""
     grouped = k.shape[1] != q.shape[1]
     if grouped and q.shape[-1] > 256:
