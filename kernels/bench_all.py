@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -30,14 +31,23 @@ from .utils import device_name, peak_copy_gbps
 OPS = {"norms": bench_norms, "attention": bench_attention, "moe": bench_moe, "vocab_head": bench_vocab_head}
 
 
-def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tokens: int) -> dict[str, Any]:
-    from dgemma_lsp.model.bench import BACKENDS, TRITON, measure, setup
+@functools.cache
+def random_setup(device: torch.device, small: bool, layers: int | None) -> Any:
+    """Every backend over one set of random weights of the real (or tiny) config: built once, for the whole
+    step and the profile."""
+    from dgemma_lsp.model.bench import BACKENDS, TRITON, setup
 
     config = "tiny" if small else "diffusiongemma-26b-a4b"
-    s = setup(
+    return setup(
         None, device=str(device), backends=(*BACKENDS, TRITON), random_weights=True, config=config,
         layers=1 if small else layers,
     )  # fmt: skip
+
+
+def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tokens: int) -> dict[str, Any]:
+    from dgemma_lsp.model.bench import measure
+
+    s = random_setup(device, small, layers)
     report = measure(s, prompt_tokens=16 if small else prompt_tokens, steps=1 if small else 4, repeats=1)
     fast = s.models["fast"]
     weight_bytes = sum(p.numel() * p.element_size() for p in fast.parameters())
@@ -52,13 +62,13 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
     return report
 
 
-def profile(device: torch.device, small: bool, prompt_tokens: int, out: Path) -> dict[str, Any]:
+def profile(
+    device: torch.device, small: bool, layers: int | None, prompt_tokens: int, out: Path
+) -> dict[str, Any]:
     """Where one fast-triton completion's time goes (4 steps): the profiler's op table in out."""
-    from dgemma_lsp.model.bench import setup
     from dgemma_lsp.model.fast import denoise_fast
 
-    config = "tiny" if small else "diffusiongemma-26b-a4b"
-    s = setup(None, device=str(device), backends=("fast",), random_weights=True, config=config, layers=None)
+    s = random_setup(device, small, layers)
     model = s.models["fast"]
     model.use_kernels(True)
     prompt = torch.randint(0, s.vocab_size, (16 if small else prompt_tokens,), device=device)
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__, "small": small}
     parts: dict[str, Any] = {name: (lambda m=module: m.run(device, small)) for name, module in OPS.items()}
     parts["whole_step"] = lambda: whole_step(device, small, args.layers, args.prompt_tokens)
-    parts["profile"] = lambda: profile(device, small, args.prompt_tokens, args.out)
+    parts["profile"] = lambda: profile(device, small, args.layers, args.prompt_tokens, args.out)
     for name, part in parts.items():
         start = time.perf_counter()
         try:
