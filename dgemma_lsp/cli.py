@@ -133,15 +133,16 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from dgemma_lsp.kernels import use_triton
-    from dgemma_lsp.model.bench import BACKENDS, TRITON, format_report, measure, setup
+    from dgemma_lsp.model.bench import BACKENDS, GRAPHS, TRITON, format_report, measure, setup
     from dgemma_lsp.model.checkpoint import ModelLoadError, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     backends: tuple[str, ...] = (args.backend,) if args.backend else BACKENDS
     try:
-        if "fast" in backends and use_triton(args.kernels or "auto", resolve_device(args.device)):
-            backends += (TRITON,)
+        device = resolve_device(args.device)
+        if "fast" in backends and use_triton(args.kernels or "auto", device):
+            backends += (TRITON, GRAPHS) if device.type == "cuda" else (TRITON,)
         s = setup(
             resolve_model_path(args.model, Options()),
             device=args.device,

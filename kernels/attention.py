@@ -108,8 +108,8 @@ def _canvas_attention_kernel(
     stride_vh,
     stride_vn,
     stride_mb,
-    lo,
-    n_prefix,  # start - lo
+    lo,  # first cached key read (or a pointer to it, with BOUNDS_IN_MEMORY)
+    start,  # the canvas's first position: cached keys [lo, start) are read
     n_canvas,  # C
     HQ: tl.constexpr,
     GROUP: tl.constexpr,  # Hq // Hkv
@@ -118,9 +118,13 @@ def _canvas_attention_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    BOUNDS_IN_MEMORY: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,  # interpreter only: its tl.dot multiplies bf16/fp16 as raw integer bits
 ):
+    if BOUNDS_IN_MEMORY:  # read on the device, so one CUDA graph serves every prefix length
+        lo = tl.load(lo).to(tl.int64)
+        start = tl.load(start).to(tl.int64)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // HQ).to(tl.int64)
@@ -152,7 +156,7 @@ def _canvas_attention_kernel(
         cv_ptr + kvh * stride_cvh + lo * stride_cvn,
         stride_ckn,
         stride_cvn,
-        n_prefix,
+        start - lo,
         mask_ptr,
         HEAD_DIM,
         BLOCK_N,
@@ -207,8 +211,8 @@ def canvas_attention(
     q: torch.Tensor,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
-    lo: int,
-    start: int,
+    lo: int | torch.Tensor,
+    start: int | torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
@@ -217,6 +221,9 @@ def canvas_attention(
     (shared by every row) then the canvas's k, v [B, Hkv, C, D]; ``key_mask`` [B, C] bool hides canvas keys
     (False) from every query of its row. Scale 1.0, GQA (query head h reads kv head h // (Hq // Hkv)).
     Returns [B, Hq, C, D] in q's dtype. Falls back to the torch reference where Triton cannot run.
+
+    ``lo`` and ``start`` may be one-element int tensors on q's device instead: the kernel reads them there,
+    so a CUDA graph of the call serves any window. They are then not range-checked (that would sync).
     """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, Hq, C, D], got shape {tuple(q.shape)}")
@@ -235,7 +242,13 @@ def canvas_attention(
         )
     if (cache_k.shape[0], cache_k.shape[1], cache_k.shape[3]) != (1, kv_heads, head_dim):
         raise ValueError(f"cache {tuple(cache_k.shape)} must be [1, {kv_heads}, capacity, {head_dim}]")
-    if not 0 <= lo <= start <= cache_k.shape[2]:
+    bounds_in_memory = isinstance(lo, torch.Tensor)
+    if bounds_in_memory != isinstance(start, torch.Tensor):
+        raise ValueError("lo and start must both be ints or both be tensors")
+    if bounds_in_memory:
+        if any(t.numel() != 1 or t.is_floating_point() or t.device != q.device for t in (lo, start)):
+            raise ValueError("tensor lo and start must be one-element int tensors on q's device")
+    elif not 0 <= lo <= start <= cache_k.shape[2]:
         raise ValueError(f"need 0 <= lo <= start <= capacity, got lo={lo}, start={start}, {cache_k.shape[2]}")
     dtypes = {t.dtype for t in (q, k, v, cache_k, cache_v)}
     if len(dtypes) != 1 or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -252,6 +265,8 @@ def canvas_attention(
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head_dim {head_dim} > {MAX_HEAD_DIM}: one padded block per row is the design")
     if not triton_usable(q.device):
+        if bounds_in_memory:
+            lo, start = int(lo), int(start)
         return reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask)
 
     q, k, v, cache_k, cache_v = (_inner_contiguous(t) for t in (q, k, v, cache_k, cache_v))
@@ -286,7 +301,7 @@ def canvas_attention(
         v.stride(2),
         mask.stride(0) if key_mask is not None else 0,
         lo,
-        start - lo,
+        start,
         n_canvas,
         HQ=n_heads,
         GROUP=n_heads // kv_heads,
@@ -295,6 +310,7 @@ def canvas_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         HAS_MASK=key_mask is not None,
+        BOUNDS_IN_MEMORY=bounds_in_memory,
         # fp32 operands: full-precision products (tf32 would miss the fp32 tolerance); others ignore it.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies 16-bit float dot operands as their raw bits: upcast there.

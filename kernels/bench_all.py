@@ -35,11 +35,12 @@ OPS = {"norms": bench_norms, "attention": bench_attention, "moe": bench_moe, "vo
 def random_setup(device: torch.device, small: bool, layers: int | None) -> Any:
     """Every backend over one set of random weights of the real (or tiny) config: built once, for the whole
     step and the profile."""
-    from dgemma_lsp.model.bench import BACKENDS, TRITON, setup
+    from dgemma_lsp.model.bench import BACKENDS, GRAPHS, TRITON, setup
 
     config = "tiny" if small else "diffusiongemma-26b-a4b"
+    graphs = (GRAPHS,) if device.type == "cuda" else ()
     return setup(
-        None, device=str(device), backends=(*BACKENDS, TRITON), random_weights=True, config=config,
+        None, device=str(device), backends=(*BACKENDS, TRITON, *graphs), random_weights=True, config=config,
         layers=1 if small else layers,
     )  # fmt: skip
 
@@ -65,22 +66,34 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
 def profile(
     device: torch.device, small: bool, layers: int | None, prompt_tokens: int, out: Path
 ) -> dict[str, Any]:
-    """Where one fast-triton completion's time goes (4 steps): the profiler's op table in out."""
-    from dgemma_lsp.model.fast import denoise_fast
+    """Where one fast completion's time goes (Triton kernels, step graphs on CUDA; 4 steps): the profiler's
+    op table in out."""
+    from dgemma_lsp.model.fast import denoise_fast, model_dtype
+    from dgemma_lsp.model.kv_cache import KVCache
 
     s = random_setup(device, small, layers)
     model = s.models["fast"]
-    model.use_kernels(True)
+    model.use_kernels(True, step_graphs=device.type == "cuda")
     prompt = torch.randint(0, s.vocab_size, (16 if small else prompt_tokens,), device=device)
     settings = dataclasses.replace(s.settings, max_denoising_steps=4)
+    size = prompt.numel() + s.canvas_length
+    document = KVCache(model.args, size, device=device, dtype=model_dtype(model))  # keeps the graph
 
     def complete() -> None:
         generator = torch.Generator(device).manual_seed(0)
-        denoise_fast(model, prompt, max_new_tokens=s.canvas_length, settings=settings, generator=generator)
+        document.truncate(0)
+        denoise_fast(
+            model,
+            prompt,
+            max_new_tokens=s.canvas_length,
+            settings=settings,
+            generator=generator,
+            cache=document,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    complete()  # compiles the kernels
+    complete()  # compiles the kernels, captures the step graph
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)

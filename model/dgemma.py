@@ -61,12 +61,16 @@ class Rotary(nn.Module):
         key = (start, seq, dtype)
         if self._last is None or self._last[0] != key:  # every step of a canvas asks for the same positions
             positions = torch.arange(start, start + seq, device=self.inv_freq.device)
-            freqs = positions[:, None].float() * self.inv_freq
-            cos, sin = freqs.cos(), freqs.sin()
-            # rotate_half(x) * sin == roll(x, half) * [-sin, sin]: the sign moves into the table.
-            tables = torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
-            self._last = key, tuple(t[None, :, None, :].to(dtype) for t in tables)  # type: ignore[assignment]
+            self._last = key, self.tables(positions, dtype)
         return self._last[1]
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables for positions [seq] held on the device (no host values: a CUDA graph can replay it)."""
+        freqs = positions[:, None].float() * self.inv_freq
+        cos, sin = freqs.cos(), freqs.sin()
+        # rotate_half(x) * sin == roll(x, half) * [-sin, sin]: the sign moves into the table.
+        tables = torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
+        return tables[0][None, :, None, :].to(dtype), tables[1][None, :, None, :].to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -373,7 +377,7 @@ class DGemma(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.triton = False
+        self.triton = self.step_graphs = False
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)  # also the LM head (tied)
         self.layers = nn.ModuleList(Layer(args, t) for t in args.layer_types)
         self.norm = RMSNorm(args.dim, args.rms_norm_eps)
@@ -395,11 +399,22 @@ class DGemma(nn.Module):
         # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W).
         return (max(0, start - self.args.sliding_window + 1) if layer_type == SLIDING else 0, start)
 
-    def _run(self, x: torch.Tensor, cache: KVCache, start: int, masks: dict, encode: bool) -> torch.Tensor:
-        ropes = {t: rotary(start, x.shape[1], x.dtype) for t, rotary in self.rotary.items()}
+    def _run(
+        self, x: torch.Tensor, cache: KVCache, start: int | torch.Tensor, masks: dict, encode: bool
+    ) -> torch.Tensor:
+        """``start``: an int, or a one-element device tensor (Triton decode only: see decode_hidden)."""
+        seq = x.shape[1]
+        if isinstance(start, torch.Tensor):
+            positions = start + torch.arange(seq, device=x.device)
+            ropes = {t: rotary.tables(positions, x.dtype) for t, rotary in self.rotary.items()}
+            lo = (start - (self.args.sliding_window - 1)).clamp(min=0)
+            windows = {SLIDING: (lo, start), FULL: (torch.zeros_like(start), start)}
+        else:
+            ropes = {t: rotary(start, seq, x.dtype) for t, rotary in self.rotary.items()}
+            windows = {t: self._window(t, start) for t in self.rotary}
         for i, layer in enumerate(self.layers):
             t = layer.layer_type
-            x = layer(x, ropes[t], cache, i, self._window(t, start), masks.get(t), encode)
+            x = layer(x, ropes[t], cache, i, windows[t], masks.get(t), encode)
         return x
 
     @torch.inference_mode()
@@ -442,13 +457,20 @@ class DGemma(nn.Module):
         cache: KVCache,
         soft: torch.Tensor | None = None,
         canvas_keys: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final normed hidden states [B, C, d] before the vocabulary head.
 
         ``soft``: the self-conditioning soft embedding, softmax(previous z) @ E [B, C, d] (weight dtype).
+        ``start``: the canvas's first position as a one-element device int tensor, read on the device, so a
+        CUDA graph of this call serves every prefix length (Triton kernels only; the caller reserves the
+        cache). Default: the cache's length.
         """
-        start = cache.length
-        cache.reserve(start + canvas.shape[1])
+        if start is None:
+            start = cache.length
+            cache.reserve(start + canvas.shape[1])
+        elif not self.triton:
+            raise ValueError("a device-held start needs the Triton kernels (the torch path slices the cache)")
         x = self.embed_tokens(canvas) * self.embed_scale
         x = self.self_conditioning(x, None if soft is None else soft * self.embed_scale)
         masks = {}
@@ -468,9 +490,12 @@ class DGemma(nn.Module):
         cap = self.args.softcap
         return torch.tanh(logits / cap) * cap
 
-    def use_kernels(self, triton: bool) -> None:
+    def use_kernels(self, triton: bool, step_graphs: bool = False) -> None:
         """Run layers with the Triton kernels (dgemma_lsp.kernels) or plain torch; the fast step loop reads
-        ``self.triton`` for the fused vocabulary head."""
-        self.triton = triton
+        ``self.triton`` for the fused vocabulary head, and ``self.step_graphs`` to replay each denoising step
+        as a CUDA graph (graphs.CanvasStep; Triton kernels only, eager off CUDA)."""
+        if step_graphs and not triton:
+            raise ValueError("step graphs need the Triton kernels")
+        self.triton, self.step_graphs = triton, step_graphs
         for layer in self.layers:
             layer.triton = layer.self_attn.triton = triton

@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dgemma_lsp.kernels.reference import VocabHead
+
 from . import sampler
 from .denoise import Cancelled, DenoiseResult, SamplerSettings, append_block, cut_at_eos
 from .dgemma import DGemma
+from .graphs import canvas_step
 from .kv_cache import KVCache
 
 
@@ -153,13 +156,18 @@ def _denoise_canvas(
     mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
     soft: Callable[[], torch.Tensor] | None = None  # self-conditioning: softmax of the last step's z, times E
     steps = 0
+    step = canvas_step(model, cache, rows, layout.width, keys is not None) if model.step_graphs else None
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
-        hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
-        if model.triton:
+        if step is not None:
+            hidden, out = step(canvas, None if soft is None else soft(), keys, temps[t], generator)
+            token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
+        elif model.triton:
+            hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
             token_entropy, sampled, argmax, soft, log_z = _head_triton(model, hidden, temps[t], generator)
         else:
+            hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
             token_entropy, sampled, argmax, soft, log_z = _head_torch(model, hidden, temps[t], generator)
         if layout.plain:
             accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
@@ -225,7 +233,13 @@ def _head_triton(
     weight = model.embed_tokens.weight
     noise = torch.empty((*hidden.shape[:-1], weight.shape[0]), device=hidden.device)
     noise.exponential_(generator=generator)
-    out = vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+    return _head_out(
+        model, hidden, vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise), temp
+    )
+
+
+def _head_out(model: DGemma, hidden: torch.Tensor, out: VocabHead, temp: torch.Tensor) -> HeadOut:
+    weight = model.embed_tokens.weight
 
     def log_z(ids: torch.Tensor) -> torch.Tensor:  # only the clamped ids' logits: one row of E each
         logits = (hidden.float() * weight[ids].float()).sum(-1).to(weight.dtype).float()

@@ -149,7 +149,8 @@ def load_fast(
         model = build(args, tensors, checked.device, checked.dtype)
         if fp8_experts:
             quantize_experts(model)
-        model.use_kernels(use_triton(kernels, checked.device))
+        triton = use_triton(kernels, checked.device)
+        model.use_kernels(triton, step_graphs=triton and checked.device.type == "cuda")
     except ModelLoadError:
         raise
     except torch.OutOfMemoryError as exc:

@@ -90,6 +90,19 @@ def test_strided_views_as_the_model_passes_them(dtype: torch.dtype) -> None:
     assert_close(canvas_attention(q, cache_k, cache_v, 2, start, k_view, v_view), expected, dtype)
 
 
+@pytest.mark.parametrize("lo,start", [(0, 0), (0, 37), (11, 150), (30, 31)])
+def test_window_read_from_device_tensors(lo: int, start: int) -> None:
+    """lo and start as device tensors (what a CUDA graph of the step passes) give the int call's output."""
+    q, cache_k, cache_v, k, v = make_inputs(2, 4, 2, 7, 32, 160, torch.float32)
+    key_mask = random_key_mask(2, 7)
+    expected = canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask)
+    bounds = torch.tensor([lo, start], device=DEVICE)
+    actual = canvas_attention(q, cache_k, cache_v, bounds[0:1], bounds[1:2], k, v, key_mask)
+    assert torch.equal(actual, expected)
+    with pytest.raises(ValueError, match="both"):
+        canvas_attention(q, cache_k, cache_v, bounds[0:1], start, k, v, key_mask)
+
+
 def test_mask_hides_exactly_the_masked_keys() -> None:
     """Huge values under hidden canvas keys must not leak into the output; visible ones must count."""
     q, cache_k, cache_v, k, v = make_inputs(2, 2, 1, 7, 16, 20, torch.float32)

@@ -74,3 +74,39 @@ def test_same_completion_as_the_torch_kernels(models: tuple[LoadedModel, LoadedM
         assert fused.candidates[0].suffix_logprob == pytest.approx(
             plain.candidates[0].suffix_logprob, abs=1e-3
         )
+
+
+@pytest.mark.parametrize("layout", [None, Layout((3, 6), clamped=(5, 6))], ids=["plain", "two-lengths"])
+def test_step_graphs_give_the_same_completion(models: tuple[LoadedModel, LoadedModel], layout) -> None:
+    """The step as a CUDA graph (on the CPU: the same static-buffer code, eagerly) against the torch
+    kernels, twice on one document cache: the second prompt is shorter, so the step is replayed at another
+    start position."""
+    torch_kernels, triton_kernels = models
+    settings = dataclasses.replace(triton_kernels.settings, max_denoising_steps=2)
+    model = triton_kernels.model
+    cache = KVCache(model.args, 128, device=DEVICE, dtype=triton_kernels.dtype)
+
+    def complete(loaded: LoadedModel, prompt: list[int], cache: KVCache | None = None):
+        return denoise_fast(
+            loaded.model,
+            torch.tensor(prompt),
+            max_new_tokens=8,  # one canvas
+            settings=settings,
+            generator=torch.Generator(device=DEVICE).manual_seed(3),
+            cache=cache,
+            layout=layout,
+        )
+
+    model.use_kernels(True, step_graphs=True)
+    steps = []
+    try:
+        for prompt in (PROMPT, PROMPT[:30] + [9, 9]):
+            expected, actual = complete(torch_kernels, prompt), complete(triton_kernels, prompt, cache)
+            assert actual.tokens == expected.tokens and actual.steps == expected.steps
+            assert [c.tokens for c in actual.candidates] == [c.tokens for c in expected.candidates]
+            steps.append(dict(cache.steps))
+    finally:
+        model.use_kernels(True, step_graphs=DEVICE.type == "cuda")
+    assert len(steps[0]) == 1 and steps[0] == steps[1]  # one step object (graph), reused
+    if DEVICE.type == "cuda":
+        assert next(iter(steps[1].values())).graph is not None
