@@ -2,8 +2,8 @@
 
 At batch 1 a step is hundreds of small kernels, and launching them from Python left the GPU idle most of
 the time (H200 profile: busy 180 of 474 ms of a completion). A ``CanvasStep`` belongs to one document's
-KVCache and one canvas shape: its first call runs eagerly (compiling the kernels) and then captures the
-graph; later calls copy their inputs into its static buffers and replay it. The canvas's start position
+KVCache and one canvas shape: its first call warms up (compiling the kernels) and captures the graph;
+every call copies its inputs into the graph's static buffers and replays it. The canvas's start position
 is read on the device, so the graph keeps serving the document as its prefix changes, until the cache is
 reallocated (KVCache then drops its steps). Off CUDA it runs the same code eagerly, which the CPU tests use.
 """
@@ -65,19 +65,26 @@ class CanvasStep:
         self.temp.copy_(temp)
         self.start.fill_(self.cache.length)
         self.noise.exponential_(generator=generator)
-        if self.graph is not None:
-            self.graph.replay()
-            assert self.outputs is not None
-            hidden, out = self.outputs
-        else:
+        if self.canvas.device.type != "cuda":
             hidden, out = self._forward()
-            if self.canvas.device.type == "cuda":
+        else:
+            if self.graph is None:
                 self._capture()
+            assert self.graph is not None and self.outputs is not None
+            self.graph.replay()
+            hidden, out = self.outputs
         # The small per-position results are copied: the next replay overwrites the graph's own.
         lse, entropy, argmax, sample = (t.clone() for t in out[:4])
         return hidden, VocabHead(lse, entropy, argmax, sample, out.soft)
 
     def _capture(self) -> None:
+        # Warm up on a side stream first, as torch's CUDA graph notes ask: it compiles the kernels and sets
+        # up library workspaces outside the capture. It draws nothing from the generator (the noise is in).
+        side = torch.cuda.Stream(self.canvas.device)
+        side.wait_stream(torch.cuda.current_stream(self.canvas.device))
+        with torch.cuda.stream(side):
+            self._forward()
+        torch.cuda.current_stream(self.canvas.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.outputs = self._forward()
