@@ -66,8 +66,8 @@ def whole_step(device: torch.device, small: bool, layers: int | None, prompt_tok
 def profile(
     device: torch.device, small: bool, layers: int | None, prompt_tokens: int, out: Path
 ) -> dict[str, Any]:
-    """Where one fast completion's time goes (Triton kernels, step graphs on CUDA; 4 steps): the profiler's
-    op table in out."""
+    """Where the steps of one fast completion spend their time (Triton kernels, step graphs on CUDA; 4 steps;
+    the prompt already cached, so no prefill): the profiler's op table in out."""
     from dgemma_lsp.model.fast import denoise_fast, model_dtype
     from dgemma_lsp.model.kv_cache import KVCache
 
@@ -81,7 +81,6 @@ def profile(
 
     def complete() -> None:
         generator = torch.Generator(device).manual_seed(0)
-        document.truncate(0)
         denoise_fast(
             model,
             prompt,
@@ -93,7 +92,7 @@ def profile(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    complete()  # compiles the kernels, captures the step graph
+    complete()  # encodes the prompt, compiles the kernels, captures the step graph
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
