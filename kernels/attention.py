@@ -1,5 +1,4 @@
-"""Canvas attention over the prefix KV cache: a flash-attention pass per (query block, query head, prefix
-split).
+"""Canvas attention over the prefix KV cache: one flash-attention pass per (query block, query head).
 
 Replaces, in decode mode, ``Attention.forward``'s ``torch.cat`` of the cached prefix with the canvas K/V
 (per batch row) followed by ``F.scaled_dot_product_attention(..., enable_gqa=True)``. The kernel reads the
@@ -14,9 +13,7 @@ cache slice [lo, start) in place and the canvas K/V from their own tensors, so i
 Softmax is online in fp32 (running max m, sum l, accumulator acc); the probabilities are rounded to the value
 dtype before the PV product, as the reference does. Scale 1.0 (DiffusionGemma normalises q and k instead).
 Strides are passed to the kernel, so views such as the model's ``q.transpose(1, 2)`` or a cache slice need no
-copy (only a non-unit stride along head_dim forces one). At batch 1 there are too few (query block, head)
-programs to fill a GPU, so the prefix keys are split across programs (split-K, as flash-decoding does); each
-split's output and log-sum-exp are combined by a second small kernel.
+copy (only a non-unit stride along head_dim forces one).
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from dgemma_lsp.kernels import reference
 from dgemma_lsp.kernels.utils import block_size, interpreting, next_power_of_2, triton_usable
 
 MAX_HEAD_DIM = 512
-MAX_SPLITS, MIN_SPLIT_KEYS = 8, 256  # split-K over the prefix: at most 8 ways, 256 keys each at least
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e)): exp2 is the fast hardware path
 
 
@@ -97,8 +93,7 @@ def _canvas_attention_kernel(
     k_ptr,  # [B, Hkv, C, D] canvas keys
     v_ptr,  # [B, Hkv, C, D] canvas values
     mask_ptr,  # [B, C] uint8 key mask (only read when HAS_MASK)
-    out_ptr,  # [SPLITS, B, Hq, C, D] contiguous: each split's output, normalised by its own sum
-    lse_ptr,  # [SPLITS, B, Hq, C] fp32 log2-sum-exp2 of each split's scores (only written when SPLITS > 1)
+    out_ptr,  # [B, Hq, C, D] contiguous
     stride_qb,
     stride_qh,
     stride_qm,
@@ -124,7 +119,6 @@ def _canvas_attention_kernel(
     BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr,
     BOUNDS_IN_MEMORY: tl.constexpr,
-    SPLITS: tl.constexpr,  # programs sharing one query block's prefix keys (split-K), combined afterwards
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,  # interpreter only: its tl.dot multiplies bf16/fp16 as raw integer bits
 ):
@@ -133,7 +127,6 @@ def _canvas_attention_kernel(
         start = tl.load(start).to(tl.int64)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    split = tl.program_id(2)
     b = (pid_bh // HQ).to(tl.int64)
     h = pid_bh % HQ
     kvh = (h // GROUP).to(tl.int64)
@@ -153,21 +146,17 @@ def _canvas_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # Prefix keys [lo, start): always visible, read in place from the shared cache; this split's share,
-    # a whole number of key blocks.
-    n_prefix = start - lo
-    chunk = tl.cdiv(tl.cdiv(n_prefix, SPLITS), BLOCK_N) * BLOCK_N
-    first = lo + split * chunk
+    # Prefix keys [lo, start): always visible, read in place from the shared cache.
     acc, m_i, l_i = _attend_keys(
         acc,
         m_i,
         l_i,
         q,
-        ck_ptr + kvh * stride_ckh + first * stride_ckn,
-        cv_ptr + kvh * stride_cvh + first * stride_cvn,
+        ck_ptr + kvh * stride_ckh + lo * stride_ckn,
+        cv_ptr + kvh * stride_cvh + lo * stride_cvn,
         stride_ckn,
         stride_cvn,
-        tl.minimum(start - first, chunk),
+        start - lo,
         mask_ptr,
         HEAD_DIM,
         BLOCK_N,
@@ -176,66 +165,29 @@ def _canvas_attention_kernel(
         PRECISION,
         DOT_F32,
     )
-    # The canvas's own keys, under the per-row key mask: the last split's.
-    if split == SPLITS - 1:
-        acc, m_i, l_i = _attend_keys(
-            acc,
-            m_i,
-            l_i,
-            q,
-            k_ptr + b * stride_kb + kvh * stride_kh,
-            v_ptr + b * stride_vb + kvh * stride_vh,
-            stride_kn,
-            stride_vn,
-            n_canvas,
-            mask_ptr + b * stride_mb,
-            HEAD_DIM,
-            BLOCK_N,
-            BLOCK_D,
-            HAS_MASK,
-            PRECISION,
-            DOT_F32,
-        )
+    # The canvas's own keys, under the per-row key mask.
+    acc, m_i, l_i = _attend_keys(
+        acc,
+        m_i,
+        l_i,
+        q,
+        k_ptr + b * stride_kb + kvh * stride_kh,
+        v_ptr + b * stride_vb + kvh * stride_vh,
+        stride_kn,
+        stride_vn,
+        n_canvas,
+        mask_ptr + b * stride_mb,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        HAS_MASK,
+        PRECISION,
+        DOT_F32,
+    )
     # A query that saw no key (l = 0, acc = 0) returns zeros, as scaled_dot_product_attention does.
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    row = (split * tl.num_programs(1) + pid_bh).to(tl.int64) * n_canvas + offs_m  # [BLOCK_M]
-    out_offs = row[:, None] * HEAD_DIM + offs_d[None, :]
+    out_offs = (pid_bh.to(tl.int64) * n_canvas + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
     tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    if SPLITS > 1:
-        tl.store(
-            lse_ptr + row,
-            tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))),
-            mask=m_ok,
-        )
-
-
-@triton.jit
-def _combine_splits_kernel(
-    part_ptr,  # [SPLITS, rows, D] each split's normalised output
-    lse_ptr,  # [SPLITS, rows] fp32 log2-sum-exp2 (-inf: the split saw no key)
-    out_ptr,  # [rows, D]
-    rows,
-    HEAD_DIM: tl.constexpr,
-    SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """out = sum_s w_s part_s with w_s = 2^lse_s / sum 2^lse: one program per query row and head."""
-    row = tl.program_id(0).to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < SPLITS
-    lse = tl.load(lse_ptr + offs_s * rows + row, mask=s_ok, other=float("-inf"))
-    top = tl.max(lse, 0)
-    weight = tl.math.exp2(lse - tl.where(top == float("-inf"), 0.0, top))  # all -inf: zeros, not NaN
-    total = tl.sum(weight, 0)
-    parts = tl.load(
-        part_ptr + (offs_s[:, None] * rows + row) * HEAD_DIM + offs_d[None, :],
-        mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    out = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + row * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def _launch_config(head_dim: int, n_canvas: int) -> tuple[int, int, int, int]:
@@ -264,8 +216,6 @@ def canvas_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
-    *,
-    splits: int | None = None,
 ) -> torch.Tensor:
     """Non-causal canvas attention: q [B, Hq, C, D] over cache_k/cache_v [1, Hkv, capacity, D] at [lo, start)
     (shared by every row) then the canvas's k, v [B, Hkv, C, D]; ``key_mask`` [B, C] bool hides canvas keys
@@ -274,7 +224,6 @@ def canvas_attention(
 
     ``lo`` and ``start`` may be one-element int tensors on q's device instead: the kernel reads them there,
     so a CUDA graph of the call serves any window. They are then not range-checked (that would sync).
-    ``splits``: programs per query block sharing the prefix keys, then combined (None: sized to the GPU).
     """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, Hq, C, D], got shape {tuple(q.shape)}")
@@ -329,23 +278,14 @@ def canvas_attention(
     block_d = block_size(head_dim, MAX_HEAD_DIM)
     block_m, block_n, warps, stages = _launch_config(head_dim, n_canvas)
     grid = (triton.cdiv(n_canvas, block_m), batch * n_heads)
-    if splits is None:
-        # Device-held bounds: size for the most keys the cache could hold.
-        keys = cache_k.shape[2] if bounds_in_memory else start - lo
-        splits = _prefix_splits(q.device, grid[0] * grid[1], keys)
-    if splits < 1:
-        raise ValueError(f"splits must be >= 1, got {splits}")
-    parts = out if splits == 1 else out.new_empty(splits, *out.shape)
-    lse = torch.empty(splits, *out.shape[:-1], device=q.device) if splits > 1 else out
-    _canvas_attention_kernel[(*grid, splits)](
+    _canvas_attention_kernel[grid](
         q,
         cache_k,
         cache_v,
         k,
         v,
         mask,
-        parts,
-        lse,
+        out,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -371,7 +311,6 @@ def canvas_attention(
         BLOCK_D=block_d,
         HAS_MASK=key_mask is not None,
         BOUNDS_IN_MEMORY=bounds_in_memory,
-        SPLITS=splits,
         # fp32 operands: full-precision products (tf32 would miss the fp32 tolerance); others ignore it.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         # Triton 3.9's interpreter multiplies 16-bit float dot operands as their raw bits: upcast there.
@@ -379,19 +318,4 @@ def canvas_attention(
         num_warps=warps,
         num_stages=stages,
     )
-    if splits > 1:
-        rows = batch * n_heads * n_canvas
-        _combine_splits_kernel[(rows,)](
-            parts, lse, out, rows, HEAD_DIM=head_dim, SPLITS=splits,
-            BLOCK_S=next_power_of_2(splits), BLOCK_D=block_d,
-        )  # fmt: skip
     return out
-
-
-def _prefix_splits(device: torch.device, programs: int, keys: int) -> int:
-    """Split the prefix keys until about two programs run per SM, each over at least MIN_SPLIT_KEYS keys:
-    at batch 1 a 256-token canvas has only (canvas / BLOCK_M) x heads programs, under one per SM."""
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(MAX_SPLITS, triton.cdiv(2 * sms, programs), keys // MIN_SPLIT_KEYS))

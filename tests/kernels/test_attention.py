@@ -90,26 +90,6 @@ def test_strided_views_as_the_model_passes_them(dtype: torch.dtype) -> None:
     assert_close(canvas_attention(q, cache_k, cache_v, 2, start, k_view, v_view), expected, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("splits", [2, 3, 5])
-def test_prefix_split_across_programs(dtype: torch.dtype, splits: int) -> None:
-    """Prefix keys shared by several programs and combined: 139 keys over 3 key blocks, so with 5 splits
-    some get no key at all; a fully masked row with no prefix must still come out as zeros."""
-    q, cache_k, cache_v, k, v = make_inputs(2, 4, 2, 9, 32, 160, dtype)
-    key_mask = random_key_mask(2, 9)
-    expected = reference.canvas_attention(q, cache_k, cache_v, 11, 150, k, v, key_mask)
-    assert_close(
-        canvas_attention(q, cache_k, cache_v, 11, 150, k, v, key_mask, splits=splits), expected, dtype
-    )
-    bounds = torch.tensor([11, 150], device=DEVICE)
-    in_memory = canvas_attention(q, cache_k, cache_v, bounds[:1], bounds[1:], k, v, key_mask, splits=splits)
-    assert_close(in_memory, expected, dtype)
-    key_mask[1] = False
-    empty = canvas_attention(q, cache_k, cache_v, 0, 0, k, v, key_mask, splits=splits)
-    assert torch.equal(empty[1], torch.zeros_like(empty[1]))
-    assert_close(empty, reference.canvas_attention(q, cache_k, cache_v, 0, 0, k, v, key_mask), dtype)
-
-
 @pytest.mark.parametrize("lo,start", [(0, 0), (0, 37), (11, 150), (30, 31)])
 def test_window_read_from_device_tensors(lo: int, start: int) -> None:
     """lo and start as device tensors (what a CUDA graph of the step passes) give the int call's output."""
