@@ -191,11 +191,13 @@ def _canvas_attention_kernel(
 
 
 def _launch_config(head_dim: int, n_canvas: int) -> tuple[int, int, int, int]:
-    """BLOCK_M, BLOCK_N, num_warps, num_stages: head_dim 512 halves the tiles so acc and K/V stages fit."""
+    """BLOCK_M, BLOCK_N, num_warps, num_stages. Head dims 256 and 512: the best of a sweep on an H200 at the
+    26B's shapes (kernels/results/h200/attn_sweep.json): 16-row query blocks, so that a 256-token canvas
+    makes 16 x heads programs, more than one per SM."""
     if head_dim > 256:
-        block_m, block_n, warps, stages = 32, 32, 8, 2
+        block_m, block_n, warps, stages = 16, 32, 4, 2
     elif head_dim > 128:
-        block_m, block_n, warps, stages = 64, 64, 8, 2
+        block_m, block_n, warps, stages = 16, 64, 4, 2
     else:
         block_m, block_n, warps, stages = 64, 64, 4, 3
     # Short canvases (the tests, small batches of FIM hypotheses) need no more query rows than they have.
@@ -216,6 +218,8 @@ def canvas_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
+    *,
+    launch: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Non-causal canvas attention: q [B, Hq, C, D] over cache_k/cache_v [1, Hkv, capacity, D] at [lo, start)
     (shared by every row) then the canvas's k, v [B, Hkv, C, D]; ``key_mask`` [B, C] bool hides canvas keys
@@ -224,6 +228,8 @@ def canvas_attention(
 
     ``lo`` and ``start`` may be one-element int tensors on q's device instead: the kernel reads them there,
     so a CUDA graph of the call serves any window. They are then not range-checked (that would sync).
+    ``launch`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) replaces the launch configuration
+    (tune_attention.py).
     """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, Hq, C, D], got shape {tuple(q.shape)}")
@@ -276,7 +282,7 @@ def canvas_attention(
     # uint8 view of the bool mask (same bytes); a dummy pointer when there is none (never read).
     mask = key_mask.contiguous().view(torch.uint8) if key_mask is not None else out
     block_d = block_size(head_dim, MAX_HEAD_DIM)
-    block_m, block_n, warps, stages = _launch_config(head_dim, n_canvas)
+    block_m, block_n, warps, stages = launch or _launch_config(head_dim, n_canvas)
     grid = (triton.cdiv(n_canvas, block_m), batch * n_heads)
     _canvas_attention_kernel[grid](
         q,

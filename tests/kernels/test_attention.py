@@ -54,6 +54,8 @@ def random_key_mask(batch: int, canvas: int) -> torch.Tensor:
         (3, 4, 1, 48, 0, 37, True),  # full layer: whole prefix, group 4, per-row key mask
         (3, 4, 2, 32, 5, 42, True),  # sliding window: lo > 0
         (1, 2, 1, 16, 3, 40, True),  # batch 1 with a mask, tiny head_dim
+        (1, 4, 2, 256, 2, 70, False),  # the 26B's sliding and full head dims (their launch configs)
+        (2, 4, 1, 512, 0, 45, True),
     ],
 )
 def test_kernel_matches_reference(
@@ -178,3 +180,19 @@ def test_bench_smoke(tmp_path: Path, capsys) -> None:
     for case in report["cases"]:
         assert case["torch_ms"] > 0 and case["triton_ms"] > 0 and case["max_abs_diff"] < 0.1, case
     assert "TFLOP/s" in capsys.readouterr().out
+
+
+def test_tune_reports_the_fastest_configuration_that_agrees(tmp_path: Path) -> None:
+    from dgemma_lsp.kernels import tune_attention
+
+    out = tmp_path / "tune.json"
+    argv = ["--small", "--device", DEVICE.type, "--json", str(out), "--budget-s", "600"]
+    assert tune_attention.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert len(report["cases"]) == 2
+    for case in report["cases"]:
+        timed = [row for row in case["results"] if "ms" in row]
+        assert len(timed) == len(case["results"]) == 3  # the current configuration and the small grid's two
+        fastest = min(timed, key=lambda row: row["ms"])
+        assert case["best"] == fastest["launch"] and case["best_ms"] == fastest["ms"]
+        assert case["results"][0]["launch"] == case["current"]
