@@ -5,10 +5,10 @@
 
 Writes DIR/bench_all.json: per op (bench_<op>.run at the real 26B-A4B shapes), then `dgemma-lsp bench`'s
 whole-step comparison on random weights of the real config (batch 1, canvas 256): transformers' reference,
-the fast backend with torch kernels and with Triton kernels, with the step time against the
-weight-streaming floor (every weight read once per step at the measured copy bandwidth); and
-DIR/profile_step.txt, the profiler's op table of one fast-triton completion. A part that fails is recorded
-with its error; the others still run.
+the fast backend with torch kernels, with Triton kernels and (CUDA) with the step replayed as a CUDA graph,
+with the step time against the weight-streaming floor (every weight read once per step at the measured copy
+bandwidth); and DIR/profile_step.txt, the profiler's op table of the steps of one fast completion. A part
+that fails is recorded with its error; the others still run.
 """
 
 from __future__ import annotations
