@@ -11,6 +11,8 @@ stack q/k/v, gate/up and the head norms into the fused parameters used here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -377,7 +379,9 @@ class DGemma(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.triton = self.step_graphs = False
+        self.triton = False
+        self._graphs: Any = None  # graphs.StepGraphs, made by use_kernels
+        self._graphs_on = False
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)  # also the LM head (tied)
         self.layers = nn.ModuleList(Layer(args, t) for t in args.layer_types)
         self.norm = RMSNorm(args.dim, args.rms_norm_eps)
@@ -493,9 +497,21 @@ class DGemma(nn.Module):
     def use_kernels(self, triton: bool, step_graphs: bool = False) -> None:
         """Run layers with the Triton kernels (dgemma_lsp.kernels) or plain torch; the fast step loop reads
         ``self.triton`` for the fused vocabulary head, and ``self.step_graphs`` to replay each denoising step
-        as a CUDA graph (graphs.CanvasStep; Triton kernels only, eager off CUDA)."""
+        as a CUDA graph (graphs.StepGraphs; Triton kernels only, eager off CUDA). Graphs are kept while
+        step graphs are switched off and on (the benchmark alternates); they hold the weights' addresses,
+        so weights must be final (dtype, device) before the first step."""
         if step_graphs and not triton:
             raise ValueError("step graphs need the Triton kernels")
-        self.triton, self.step_graphs = triton, step_graphs
+        from .graphs import StepGraphs  # imported here: graphs.py builds on this module
+
+        self.triton = triton
         for layer in self.layers:
             layer.triton = layer.self_attn.triton = triton
+        if step_graphs and self._graphs is None:
+            self._graphs = StepGraphs(self)
+        self._graphs_on = step_graphs
+
+    @property
+    def step_graphs(self) -> Any:
+        """The graphs.StepGraphs the fast step loop replays, or None when step graphs are off."""
+        return self._graphs if self._graphs_on else None

@@ -28,7 +28,6 @@ from dgemma_lsp.kernels.reference import VocabHead
 from . import sampler
 from .denoise import Cancelled, DenoiseResult, SamplerSettings, append_block, cut_at_eos
 from .dgemma import DGemma
-from .graphs import canvas_step
 from .kv_cache import KVCache
 
 
@@ -156,12 +155,12 @@ def _denoise_canvas(
     mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
     soft: Callable[[], torch.Tensor] | None = None  # self-conditioning: softmax of the last step's z, times E
     steps = 0
-    step = canvas_step(model, cache, rows, layout.width, keys is not None) if model.step_graphs else None
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
-        if step is not None:
-            hidden, out = step(canvas, None if soft is None else soft(), keys, temps[t], generator)
+        if model.step_graphs is not None:
+            prev = None if soft is None else soft()
+            hidden, out = model.step_graphs.run(cache, canvas, prev, keys, temps[t], generator)
             token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
         elif model.triton:
             hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)

@@ -1,101 +1,157 @@
 """The denoising step, decoder plus fused vocabulary head, replayed as one CUDA graph.
 
 At batch 1 a step is hundreds of small kernels, and launching them from Python left the GPU idle most of
-the time (H200 profile: busy 180 of 474 ms of a completion). A ``CanvasStep`` belongs to one document's
+the time (H200 profile: busy 180 of 474 ms of a completion). A ``CanvasStep`` serves one document's
 KVCache and one canvas shape: its first call warms up (compiling the kernels) and captures the graph;
 every call copies its inputs into the graph's static buffers and replays it. The canvas's start position
-is read on the device, so the graph keeps serving the document as its prefix changes, until the cache is
-reallocated (KVCache then drops its steps). Off CUDA it runs the same code eagerly, which the CPU tests use.
+is read on the device, so the graph keeps serving the document as its prefix changes.
+
+Bounded memory: masked canvases (the infilling layouts, whose width varies per request) are padded to a
+power-of-two width with hidden key positions, so a few graphs cover every width; a model keeps at most
+``MAX_STEPS`` of them (least recently used dropped), all sharing one CUDA memory pool and one noise
+buffer, which is safe because steps never run concurrently. Off CUDA the same code runs eagerly, which is
+what the CPU tests exercise.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import torch
 
 from dgemma_lsp.kernels.reference import VocabHead
+from dgemma_lsp.kernels.utils import next_power_of_2
 
 from .dgemma import DGemma
 from .kv_cache import KVCache
 
+MAX_STEPS = 8  # graphs per model; each holds only its small static buffers beside the shared pool
+
 
 class CanvasStep:
-    def __init__(self, model: DGemma, cache: KVCache, rows: int, width: int, masked: bool) -> None:
-        if not model.triton:
-            raise ValueError("CanvasStep runs the Triton kernels: call model.use_kernels(True) first")
-        device, dtype = cache.device, model.embed_tokens.weight.dtype
-        self.model, self.cache = model, cache
+    def __init__(self, model: DGemma, rows: int, width: int, masked: bool, noise: torch.Tensor) -> None:
+        """``noise``: a shared fp32 buffer of at least rows * width * vocab elements."""
+        device, dtype = noise.device, model.embed_tokens.weight.dtype
+        vocab = model.args.vocab_size
+        self.model = model
         self.canvas = torch.zeros(rows, width, dtype=torch.long, device=device)
         self.soft = torch.zeros(rows, width, model.args.dim, dtype=dtype, device=device)
-        self.keys = torch.ones(rows, width, dtype=torch.bool, device=device) if masked else None
+        self.keys = torch.zeros(rows, width, dtype=torch.bool, device=device) if masked else None
         self.temp = torch.ones((), device=device)
-        self.noise = torch.empty(rows, width, model.args.vocab_size, device=device)
+        self.noise = noise[: rows * width * vocab].view(rows, width, vocab)
         self.start = torch.zeros(1, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: tuple[torch.Tensor, VocabHead] | None = None
 
-    def _forward(self) -> tuple[torch.Tensor, VocabHead]:
+    def _forward(self, cache: KVCache) -> tuple[torch.Tensor, VocabHead]:
         from dgemma_lsp.kernels.vocab_head import vocab_head
 
         model = self.model
-        hidden = model.decode_hidden(self.canvas, self.cache, self.soft, self.keys, start=self.start)
+        hidden = model.decode_hidden(self.canvas, cache, self.soft, self.keys, start=self.start)
         weight = model.embed_tokens.weight
         return hidden, vocab_head(hidden, weight, self.temp, softcap=model.args.softcap, noise=self.noise)
 
     def __call__(
         self,
+        cache: KVCache,
+        canvas: torch.Tensor,
+        soft: torch.Tensor | None,
+        keys: torch.Tensor | None,
+        temp: torch.Tensor,
+        generator: torch.Generator,
+        pool: Any = None,
+    ) -> tuple[torch.Tensor, VocabHead]:
+        """The final hidden states and the head's statistics for ``canvas`` [B, W] after the cache's valid
+        entries (the cache must have room for this step's width: see StepGraphs.get).
+
+        ``soft`` None (the first step) is fed as zeros: the self-conditioning MLP of zeros is exactly zero.
+        The noise is drawn from ``generator`` as the eager head draws it, for the W real positions only.
+        The hidden states and the soft embedding are views of the graph's buffers, valid until the next
+        call; the rest are copies.
+        """
+        width = canvas.shape[1]
+        padded = width < self.canvas.shape[1]
+        self.canvas[:, :width].copy_(canvas)
+        if soft is None:
+            self.soft.zero_()
+        else:
+            self.soft[:, :width].copy_(soft)
+        if self.keys is not None:
+            self.keys[:, :width].copy_(keys)
+            self.keys[:, width:].fill_(False)  # padding: no query sees it
+        self.temp.copy_(temp)
+        self.start.fill_(cache.length)
+        if padded:  # drawn as a [B, W, V] tensor, so the generator's stream matches the eager head's
+            noise = torch.empty(canvas.shape + self.noise.shape[-1:], device=canvas.device)
+            self.noise[:, :width].copy_(noise.exponential_(generator=generator))
+        else:
+            self.noise.exponential_(generator=generator)
+        if self.canvas.device.type != "cuda":
+            hidden, out = self._forward(cache)
+        else:
+            if self.graph is None:
+                self._capture(cache, pool)
+            assert self.graph is not None and self.outputs is not None
+            self.graph.replay()
+            hidden, out = self.outputs
+        # The small per-position results are copied: the next replay overwrites the graph's own.
+        lse, entropy, argmax, sample = (t[:, :width].clone() for t in out[:4])
+        soft_out = None if out.soft is None else out.soft[:, :width]
+        return hidden[:, :width], VocabHead(lse, entropy, argmax, sample, soft_out)
+
+    def _capture(self, cache: KVCache, pool: Any) -> None:
+        # Warm up on a side stream first, as torch's CUDA graph notes ask: it compiles the kernels and sets
+        # up library workspaces outside the capture. It draws nothing from the generator (the noise is in).
+        device = self.canvas.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._forward(cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            self.outputs = self._forward(cache)
+        self.graph = graph
+
+
+class StepGraphs:
+    """A model's CanvasSteps, keyed by (cache, rows, padded width, masked), least recently used dropped."""
+
+    def __init__(self, model: DGemma) -> None:
+        self.model = model  # DGemma.use_kernels makes one per model; call it again after changing weights
+        self.steps: OrderedDict[tuple[int, int, int, bool], CanvasStep] = OrderedDict()
+        self.noise: torch.Tensor | None = None
+        self.pool: Any = None  # torch.cuda.graph_pool_handle(), made on first use
+
+    def get(self, cache: KVCache, rows: int, width: int, masked: bool) -> CanvasStep:
+        """The step for canvases [rows, width] on ``cache``; makes room in the cache for it first."""
+        if masked:  # padding is hidden by the key mask: round the width up to share graphs
+            width = max(16, next_power_of_2(width))
+        cache.reserve(cache.length + width)
+        key = (cache.uid, rows, width, masked)  # uid: a new one whenever the cache's buffers change
+        if key in self.steps:
+            self.steps.move_to_end(key)
+            return self.steps[key]
+        while len(self.steps) >= MAX_STEPS:
+            self.steps.popitem(last=False)
+        needed = rows * width * self.model.args.vocab_size
+        if self.noise is None or self.noise.numel() < needed:
+            self.steps.clear()  # their graphs read the old buffer
+            self.noise = torch.ones(needed, device=cache.device)
+        if self.pool is None and cache.device.type == "cuda":
+            self.pool = torch.cuda.graph_pool_handle()
+        self.steps[key] = CanvasStep(self.model, rows, width, masked, self.noise)
+        return self.steps[key]
+
+    def run(
+        self,
+        cache: KVCache,
         canvas: torch.Tensor,
         soft: torch.Tensor | None,
         keys: torch.Tensor | None,
         temp: torch.Tensor,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, VocabHead]:
-        """The final hidden states and the head's statistics for ``canvas`` after the cache's valid entries.
-
-        ``soft`` None (the first step) is fed as zeros: the self-conditioning MLP of zeros is exactly zero.
-        The noise is drawn from ``generator`` as the eager head draws it. The hidden states and the soft
-        embedding are the graph's buffers, valid until the next call; the rest are copies.
-        """
-        self.canvas.copy_(canvas)
-        if soft is None:
-            self.soft.zero_()
-        else:
-            self.soft.copy_(soft)
-        if self.keys is not None and keys is not None:
-            self.keys.copy_(keys)
-        self.temp.copy_(temp)
-        self.start.fill_(self.cache.length)
-        self.noise.exponential_(generator=generator)
-        if self.canvas.device.type != "cuda":
-            hidden, out = self._forward()
-        else:
-            if self.graph is None:
-                self._capture()
-            assert self.graph is not None and self.outputs is not None
-            self.graph.replay()
-            hidden, out = self.outputs
-        # The small per-position results are copied: the next replay overwrites the graph's own.
-        lse, entropy, argmax, sample = (t.clone() for t in out[:4])
-        return hidden, VocabHead(lse, entropy, argmax, sample, out.soft)
-
-    def _capture(self) -> None:
-        # Warm up on a side stream first, as torch's CUDA graph notes ask: it compiles the kernels and sets
-        # up library workspaces outside the capture. It draws nothing from the generator (the noise is in).
-        side = torch.cuda.Stream(self.canvas.device)
-        side.wait_stream(torch.cuda.current_stream(self.canvas.device))
-        with torch.cuda.stream(side):
-            self._forward()
-        torch.cuda.current_stream(self.canvas.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.outputs = self._forward()
-        self.graph = graph
-
-
-def canvas_step(model: DGemma, cache: KVCache, rows: int, width: int, masked: bool) -> CanvasStep:
-    """The cache's step for this canvas shape, made on first use; the cache is grown first if it must be,
-    since growing it drops the steps (their graphs point at the old buffers)."""
-    cache.reserve(cache.length + width)
-    key = (rows, width, masked)
-    if key not in cache.steps:
-        cache.steps[key] = CanvasStep(model, cache, rows, width, masked)
-    return cache.steps[key]
+        step = self.get(cache, canvas.shape[0], canvas.shape[1], keys is not None)
+        return step(cache, canvas, soft, keys, temp, generator, self.pool)

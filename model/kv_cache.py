@@ -6,11 +6,13 @@ only from the first token that changed (`reusable`).
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
 
 import torch
 
 from .config import ModelArgs
+
+_UIDS = itertools.count()
 
 
 class KVCache:
@@ -26,7 +28,6 @@ class KVCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.tokens = torch.empty(0, dtype=torch.long)  # ids of the valid entries, on the CPU
-        self.steps: dict[tuple[int, int, bool], Any] = {}  # graphs.CanvasStep per canvas shape
         self._allocate(capacity)
 
     @property
@@ -40,7 +41,7 @@ class KVCache:
     def _allocate(self, capacity: int) -> None:
         old_keys, old_values, n = self.keys, self.values, self.length
         self.keys, self.values = [], []
-        self.steps = {}  # their CUDA graphs read the old buffers
+        self.uid = next(_UIDS)  # new buffers, new id: CUDA graphs of the old ones must not be replayed
         for i, layer_type in enumerate(self.args.layer_types):
             shape = (1, self.args.kv_heads(layer_type), capacity, self.args.head_dim(layer_type))
             self.keys.append(torch.zeros(shape, device=self.device, dtype=self.dtype))

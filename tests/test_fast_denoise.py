@@ -313,3 +313,26 @@ def test_infiller_lays_prompts_out_in_the_checkpoint_fim_order(order, tiny_check
     expected = build_prompt(loaded.tokenizer, prefix, suffix, fim_order=order)
     assert infiller._slots is not None
     assert infiller._slots.get("doc").tokens[: len(expected)].tolist() == expected  # what was encoded
+
+
+def test_step_graphs_are_padded_bounded_and_tied_to_the_cache_buffers(tiny_checkpoint: Path) -> None:
+    """Masked canvases share power-of-two widths, a model keeps at most MAX_STEPS steps (least recently
+    used dropped), and a cache that grows gets new steps: graphs of its old buffers must not be replayed."""
+    from dgemma_lsp.model import graphs
+
+    model = load_fast(tiny_checkpoint, device="cpu", kernels="torch").model
+    registry = graphs.StepGraphs(model)
+    cache = KVCache(model.args, 8, device=torch.device("cpu"), dtype=torch.float32)
+    first = registry.get(cache, 1, 9, masked=True)
+    assert registry.get(cache, 1, 14, masked=True) is first and first.canvas.shape == (1, 16)
+    assert registry.get(cache, 1, 9, masked=False).canvas.shape == (1, 9)  # unmasked: no padding to hide
+    assert cache.capacity >= 16  # room for the padded canvas was made first
+    uid = cache.uid
+    cache.reserve(4 * cache.capacity)
+    assert cache.uid != uid and registry.get(cache, 1, 9, masked=True) is not first
+    largest = registry.get(cache, 1, 8 + graphs.MAX_STEPS, masked=False)  # smaller ones share its noise
+    for width in range(8, 8 + graphs.MAX_STEPS):
+        registry.get(cache, 1, width, masked=False)
+    assert len(registry.steps) == graphs.MAX_STEPS and largest not in registry.steps.values()
+    registry.get(cache, 3, 64, masked=True)  # needs more noise: the others read the old buffer, dropped
+    assert len(registry.steps) == 1

@@ -104,9 +104,12 @@ def test_step_graphs_give_the_same_completion(models: tuple[LoadedModel, LoadedM
             expected, actual = complete(torch_kernels, prompt), complete(triton_kernels, prompt, cache)
             assert actual.tokens == expected.tokens and actual.steps == expected.steps
             assert [c.tokens for c in actual.candidates] == [c.tokens for c in expected.candidates]
-            steps.append(dict(cache.steps))
+            steps.append({k: v for k, v in model.step_graphs.steps.items() if k[0] == cache.uid})
     finally:
         model.use_kernels(True, step_graphs=DEVICE.type == "cuda")
-    assert len(steps[0]) == 1 and steps[0] == steps[1]  # one step object (graph), reused
+    assert len(steps[1]) == 1 and steps[0] == steps[1]  # one step (graph) for this shape, reused
+    (_, rows, width, masked), step = next(iter(steps[1].items()))
+    assert rows == (len(layout.middles) if layout else 1)
+    assert (width, masked) == ((16, True) if layout else (model.args.canvas_length, False))  # padded: 8 -> 16
     if DEVICE.type == "cuda":
-        assert next(iter(steps[1].values())).graph is not None
+        assert step.graph is not None
