@@ -41,10 +41,15 @@ def _attend_keys(
     stride_vn,
     n_keys,
     mask_base,  # pointer to uint8 [n_keys] (0 = hidden); read only when HAS_MASK
+    q_pos,  # [BLOCK_M] the queries' positions; read only when CAUSAL or HAS_WINDOW
+    key_pos0,  # the position of key 0
+    window,  # HAS_WINDOW: a key at p is visible to the query at t only if t - p < window
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,
 ):
@@ -66,6 +71,10 @@ def _attend_keys(
         if HAS_MASK:
             visible = visible & (tl.load(mask_base + cols, mask=n_ok, other=0) != 0)
         s = tl.where(visible[None, :], s, float("-inf"))
+        if CAUSAL:
+            s = tl.where(key_pos0 + cols[None, :] <= q_pos[:, None], s, float("-inf"))
+        if HAS_WINDOW:
+            s = tl.where(q_pos[:, None] - (key_pos0 + cols[None, :]) < window, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # While a row has seen no visible key m_new is -inf; subtracting 0 instead keeps exp2 at 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -111,6 +120,7 @@ def _canvas_attention_kernel(
     lo,  # first cached key read (or a pointer to it, with BOUNDS_IN_MEMORY)
     start,  # the canvas's first position: cached keys [lo, start) are read
     n_canvas,  # C
+    window,  # sliding window for HAS_WINDOW
     HQ: tl.constexpr,
     GROUP: tl.constexpr,  # Hq // Hkv
     HEAD_DIM: tl.constexpr,
@@ -118,6 +128,8 @@ def _canvas_attention_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,  # the encoder: canvas key j visible to query i only if j <= i
+    HAS_WINDOW: tl.constexpr,
     BOUNDS_IN_MEMORY: tl.constexpr,
     PRECISION: tl.constexpr,
     DOT_F32: tl.constexpr,  # interpreter only: its tl.dot multiplies bf16/fp16 as raw integer bits
@@ -158,10 +170,15 @@ def _canvas_attention_kernel(
         stride_cvn,
         start - lo,
         mask_ptr,
+        start + offs_m,
+        lo,
+        window,
         HEAD_DIM,
         BLOCK_N,
         BLOCK_D,
         False,
+        False,  # prefix keys all precede the queries
+        HAS_WINDOW,
         PRECISION,
         DOT_F32,
     )
@@ -177,10 +194,15 @@ def _canvas_attention_kernel(
         stride_vn,
         n_canvas,
         mask_ptr + b * stride_mb,
+        start + offs_m,
+        start,
+        window,
         HEAD_DIM,
         BLOCK_N,
         BLOCK_D,
         HAS_MASK,
+        CAUSAL,
+        HAS_WINDOW,
         PRECISION,
         DOT_F32,
     )
@@ -219,6 +241,8 @@ def canvas_attention(
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
     *,
+    causal: bool = False,
+    window: int = 0,
     launch: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Non-causal canvas attention: q [B, Hq, C, D] over cache_k/cache_v [1, Hkv, capacity, D] at [lo, start)
@@ -228,8 +252,9 @@ def canvas_attention(
 
     ``lo`` and ``start`` may be one-element int tensors on q's device instead: the kernel reads them there,
     so a CUDA graph of the call serves any window. They are then not range-checked (that would sync).
-    ``launch`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) replaces the launch configuration
-    (tune_attention.py).
+    ``causal`` and ``window`` make it the encoder's attention over new tokens (see the reference), which
+    a CUDA graph of a short re-encode uses. ``launch`` = (BLOCK_M, BLOCK_N, num_warps, num_stages) replaces
+    the launch configuration (tune_attention.py).
     """
     if q.dim() != 4:
         raise ValueError(f"q must be [B, Hq, C, D], got shape {tuple(q.shape)}")
@@ -273,7 +298,7 @@ def canvas_attention(
     if not triton_usable(q.device):
         if bounds_in_memory:
             lo, start = int(lo), int(start)
-        return reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask)
+        return reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v, key_mask, causal, window)
 
     q, k, v, cache_k, cache_v = (_inner_contiguous(t) for t in (q, k, v, cache_k, cache_v))
     out = torch.empty(batch, n_heads, n_canvas, head_dim, device=q.device, dtype=q.dtype)  # [B, Hq, C, D]
@@ -309,6 +334,7 @@ def canvas_attention(
         lo,
         start,
         n_canvas,
+        window,
         HQ=n_heads,
         GROUP=n_heads // kv_heads,
         HEAD_DIM=head_dim,
@@ -316,6 +342,8 @@ def canvas_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         HAS_MASK=key_mask is not None,
+        CAUSAL=causal,
+        HAS_WINDOW=window > 0,
         BOUNDS_IN_MEMORY=bounds_in_memory,
         # fp32 operands: full-precision products (tf32 would miss the fp32 tolerance); others ignore it.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

@@ -57,8 +57,10 @@ def rms_norm(
 def _head_norm_rope_kernel(
     qkv_ptr, norm_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, cache_k_ptr, cache_v_ptr,
     seq, heads, n_heads, kv_heads, head_dim, capacity, start, eps,
-    K_EQ_V: tl.constexpr, WRITE_CACHE: tl.constexpr, BLOCK: tl.constexpr,
+    K_EQ_V: tl.constexpr, WRITE_CACHE: tl.constexpr, START_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
+    if START_IN_MEMORY:  # read on the device: a CUDA graph of the call serves any position
+        start = tl.load(start)
     token = tl.program_id(0)  # b * seq + s
     head = tl.program_id(1)
     b, s = token // seq, token % seq
@@ -108,14 +110,15 @@ def head_norm_rope(
     kv_heads: int,
     eps: float,
     *,
-    cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    cache: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [B, Hq, S, D], k and v [B, Hkv, S, D] from the projected heads ``qkv`` [B, S, heads, D].
 
     Per head: RMS-normalise, times ``head_norm`` [heads, D]; RoPE (cos, signed_sin: [S, D]) on the q and k
     heads. heads == Hq + Hkv means k_eq_v (V = the raw k, normalised without a weight, not rotated); else
     Hq + 2 Hkv with V last. ``cache`` = (cache_k, cache_v [1, Hkv, capacity, D], start): with batch 1, k and v
-    are also written at positions start .. start + S.
+    are also written at positions start .. start + S; ``start`` may be a one-element int tensor on the
+    device, read there (not checked against the capacity: that would sync).
     """
     batch, seq, heads, dim = qkv.shape
     k_eq_v = heads == n_heads + kv_heads
@@ -134,13 +137,14 @@ def head_norm_rope(
         if batch != 1 or not (cache_k.is_contiguous() and cache_v.is_contiguous()):
             raise ValueError("the cache is written for batch 1 into contiguous buffers only")
         capacity = cache_k.shape[2]
-        if start + seq > capacity:
+        if not isinstance(start, torch.Tensor) and start + seq > capacity:
             raise ValueError(f"positions {start}..{start + seq} past the cache capacity {capacity}")
     else:
         cache_k, cache_v, start, capacity = k, v, 0, 0
     _head_norm_rope_kernel[(batch * seq, heads)](
         qkv, head_norm, cos, signed_sin, q, k, v, cache_k, cache_v,
         seq, heads, n_heads, kv_heads, dim, capacity, start, eps,
-        K_EQ_V=k_eq_v, WRITE_CACHE=cache is not None, BLOCK=block_size(dim, 1024, 1),
+        K_EQ_V=k_eq_v, WRITE_CACHE=cache is not None, START_IN_MEMORY=isinstance(start, torch.Tensor),
+        BLOCK=block_size(dim, 1024, 1),
     )  # fmt: skip
     return q, k, v

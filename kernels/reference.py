@@ -67,6 +67,8 @@ def canvas_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: torch.Tensor | None = None,
+    causal: bool = False,
+    window: int = 0,
 ) -> torch.Tensor:
     """Canvas queries q [B, Hq, C, D] over the cached keys [lo, start) of cache_k/cache_v [1, Hkv, cap, D]
     (shared by every row) and the canvas's own k, v [B, Hkv, C, D]: non-causal, scale 1.0, GQA (query head h
@@ -74,6 +76,10 @@ def canvas_attention(
     the row; the prefix is always visible. Softmax in fp32, probabilities rounded to v's dtype before the PV
     product; a query that sees no key gets zeros (as scaled_dot_product_attention does).
     Output [B, Hq, C, D] in q's dtype.
+
+    The encoder's attention over new tokens at positions start.. is the same call with ``causal`` (canvas key
+    j visible to query i only if j <= i) and, for sliding layers, ``window`` W (a key at position p visible to
+    the query at position t only if t - p < W; the prefix keys too).
     """
     batch, group = q.shape[0], q.shape[1] // k.shape[1]
     keys = torch.cat([cache_k[:, :, lo:start].expand(batch, -1, -1, -1), k], dim=2)  # [B, Hkv, K, D]
@@ -84,6 +90,12 @@ def canvas_attention(
     if key_mask is not None:
         visible = torch.cat([key_mask.new_ones(batch, start - lo), key_mask.bool()], dim=1)  # [B, K]
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    query_pos = torch.arange(start, start + q.shape[2], device=q.device)[:, None]  # [C, 1]
+    key_pos = torch.arange(lo, start + k.shape[2], device=q.device)[None, :]  # [1, K]
+    hidden = (key_pos > query_pos) if causal else torch.zeros_like(key_pos, dtype=torch.bool)
+    if window:
+        hidden = hidden | (query_pos - key_pos >= window)
+    scores = scores.masked_fill(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     probs = probs.masked_fill(scores.isneginf().all(dim=-1, keepdim=True), 0.0)  # no visible key: NaN -> 0
     return (probs.to(values.dtype) @ values).to(q.dtype)

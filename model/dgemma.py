@@ -113,6 +113,7 @@ class Attention(nn.Module):
         self.head_dim = hd = args.head_dim(layer_type)
         self.n_heads, kv = args.n_heads, args.kv_heads(layer_type)
         self.k_eq_v = layer_type == FULL
+        self.window = args.sliding_window if layer_type == SLIDING else 0  # the encoder's, for the kernel
         self.qk_heads = self.n_heads + kv
         self.triton = False  # set by DGemma.use_kernels
         heads = self.qk_heads if self.k_eq_v else self.qk_heads + kv
@@ -192,7 +193,11 @@ class Attention(nn.Module):
         q, k, v = norms.head_norm_rope(
             qkv, self.head_norm, cos, sin, self.n_heads, kv, self.norm.eps, cache=cache
         )
-        if encode:  # causal prefill: torch's attention over the cache slice just written
+        if encode and isinstance(start, torch.Tensor):  # a graphed re-encode: the causal kernel
+            out = attention.canvas_attention(
+                q, cache_k, cache_v, lo, start, k, v, causal=True, window=self.window
+            )
+        elif encode:  # causal prefill: torch's attention over the cache slice just written
             keys, values = cache_k[:, :, lo : start + seq], cache_v[:, :, lo : start + seq]
             out = attend(q, keys, values, mask)
         else:
@@ -422,8 +427,19 @@ class DGemma(nn.Module):
         return x
 
     @torch.inference_mode()
-    def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
-        """Causal pass over ``ids`` [1, S] at positions start..start+S-1, writing their K/V into ``cache``."""
+    def encode(self, ids: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> None:
+        """Causal pass over ``ids`` [1, S] at positions start..start+S-1, writing their K/V into ``cache``.
+
+        ``start`` may be a one-element device int tensor, read on the device, so that a CUDA graph of this
+        call serves any position (Triton kernels only; the caller reserves the cache).
+        """
+        if isinstance(start, torch.Tensor):
+            if not self.triton:
+                raise ValueError(
+                    "a device-held start needs the Triton kernels (the torch path slices the cache)"
+                )
+            self._run(self.embed_tokens(ids) * self.embed_scale, cache, start, {}, encode=True)
+            return
         seq = ids.shape[1]
         cache.reserve(start + seq)
         query = torch.arange(start, start + seq, device=ids.device)[:, None]

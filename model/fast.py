@@ -117,6 +117,14 @@ def stop_free(
     return stop, history, mean
 
 
+def encode(model: DGemma, ids: torch.Tensor, cache: KVCache, start: int) -> None:
+    """``model.encode``, through the model's step graphs when it has them."""
+    if model.step_graphs is not None:
+        model.step_graphs.encode(ids, cache, start)
+    else:
+        model.encode(ids, cache, start)
+
+
 def prefill(model: DGemma, cache: KVCache, ids: torch.Tensor) -> int:
     """Make ``cache`` hold the K/V of prompt ``ids`` [P], re-encoding only from the first changed token.
 
@@ -126,7 +134,7 @@ def prefill(model: DGemma, cache: KVCache, ids: torch.Tensor) -> int:
     reused = cache.reusable(ids)
     cache.truncate(reused)
     if reused < ids.numel():
-        model.encode(ids[None, reused:], cache, reused)
+        encode(model, ids[None, reused:], cache, reused)
         cache.extend(ids[reused:])
     return reused
 
@@ -328,7 +336,7 @@ def denoise_fast(
         plain = Layout((args.canvas_length,))
         for block in range(n_blocks):
             if block > 0:  # commit the previous canvas (causal encoder pass)
-                model.encode(argmax, cache, cache.length)
+                encode(model, argmax, cache, cache.length)
                 cache.extend(argmax[0])
             argmax = _denoise_canvas(model, cache, plain, settings, generator, temps, cancelled, count).argmax
             blocks += 1

@@ -6,16 +6,20 @@ KVCache and one canvas shape: its first call warms up (compiling the kernels) an
 every call copies its inputs into the graph's static buffers and replays it. The canvas's start position
 is read on the device, so the graph keeps serving the document as its prefix changes.
 
+The encoder is graphed the same way for short inputs (an ``EncodeStep``): re-encoding the few tokens an
+edit changed, or committing a canvas, is all launch overhead when run eagerly.
+
 Bounded memory: masked canvases (the infilling layouts, whose width varies per request) are padded to a
-power-of-two width with hidden key positions, so a few graphs cover every width; a model keeps at most
-``MAX_STEPS`` of them (least recently used dropped), all sharing one CUDA memory pool and one noise
-buffer, which is safe because steps never run concurrently. Off CUDA the same code runs eagerly, which is
-what the CPU tests exercise.
+power-of-two width with hidden key positions, and encoder inputs to a power-of-two length, so a few graphs
+cover every size; a model keeps at most ``MAX_STEPS`` of them (least recently used dropped), all sharing
+one CUDA memory pool and one noise buffer, which is safe because steps never run concurrently. Off CUDA the
+same code runs eagerly, which is what the CPU tests exercise.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,7 +30,7 @@ from dgemma_lsp.kernels.utils import next_power_of_2
 from .dgemma import DGemma
 from .kv_cache import KVCache
 
-MAX_STEPS = 8  # graphs per model; each holds only its small static buffers beside the shared pool
+MAX_STEPS = 16  # graphs per model; each holds only its small static buffers beside the shared pool
 
 
 class CanvasStep:
@@ -91,8 +95,8 @@ class CanvasStep:
             hidden, out = self._forward(cache)
         else:
             if self.graph is None:
-                self._capture(cache, pool)
-            assert self.graph is not None and self.outputs is not None
+                self.graph, self.outputs = _capture(lambda: self._forward(cache), pool)
+            assert self.outputs is not None
             self.graph.replay()
             hidden, out = self.outputs
         # The small per-position results are copied: the next replay overwrites the graph's own.
@@ -100,27 +104,55 @@ class CanvasStep:
         soft_out = None if out.soft is None else out.soft[:, :width]
         return hidden[:, :width], VocabHead(lse, entropy, argmax, sample, soft_out)
 
-    def _capture(self, cache: KVCache, pool: Any) -> None:
-        # Warm up on a side stream first, as torch's CUDA graph notes ask: it compiles the kernels and sets
-        # up library workspaces outside the capture. It draws nothing from the generator (the noise is in).
-        device = self.canvas.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            self._forward(cache)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self.outputs = self._forward(cache)
-        self.graph = graph
+
+class EncodeStep:
+    """The encoder's pass over up to ``width`` new tokens at a device-held position, as one CUDA graph.
+
+    Fewer tokens are padded after the real ones with token 0: causal attention keeps them from the real
+    tokens, and their K/V land past the cache's valid entries, where nothing reads them.
+    """
+
+    def __init__(self, model: DGemma, width: int, device: torch.device) -> None:
+        self.model = model
+        self.ids = torch.zeros(1, width, dtype=torch.long, device=device)
+        self.start = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, cache: KVCache, ids: torch.Tensor, start: int, pool: Any = None) -> None:
+        """Write the K/V of ``ids`` [1, S] at positions start.. (the cache has room: StepGraphs.encode)."""
+        self.ids[:, : ids.shape[1]].copy_(ids)
+        self.ids[:, ids.shape[1] :].zero_()
+        self.start.fill_(start)
+        if self.ids.device.type != "cuda":
+            self.model.encode(self.ids, cache, self.start)
+            return
+        if self.graph is None:
+            self.graph, _ = _capture(lambda: self.model.encode(self.ids, cache, self.start), pool)
+        self.graph.replay()
+
+
+def _capture(forward: Callable[[], Any], pool: Any) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """A CUDA graph of ``forward`` and its outputs (the graph's static buffers)."""
+    # Warm up on a side stream first, as torch's CUDA graph notes ask: it compiles the kernels and sets up
+    # library workspaces outside the capture. Nothing in it draws from a generator (the noise is an input).
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = forward()
+    return graph, outputs
 
 
 class StepGraphs:
-    """A model's CanvasSteps, keyed by (cache, rows, padded width, masked), least recently used dropped."""
+    """A model's graphed steps: CanvasSteps keyed by (cache, rows, padded width, masked) and EncodeSteps by
+    (cache, width), least recently used dropped."""
 
     def __init__(self, model: DGemma) -> None:
-        self.model = model  # DGemma.use_kernels makes one per model; call it again after changing weights
-        self.steps: OrderedDict[tuple[int, int, int, bool], CanvasStep] = OrderedDict()
+        self.model = model  # made by DGemma.use_kernels
+        self.steps: OrderedDict[tuple, CanvasStep | EncodeStep] = OrderedDict()
         self.noise: torch.Tensor | None = None
         self.pool: Any = None  # torch.cuda.graph_pool_handle(), made on first use
 
@@ -130,19 +162,40 @@ class StepGraphs:
             width = max(16, next_power_of_2(width))
         cache.reserve(cache.length + width)
         key = (cache.uid, rows, width, masked)  # uid: a new one whenever the cache's buffers change
+        step = self._lookup(key, cache.device)
+        if not isinstance(step, CanvasStep):
+            needed = rows * width * self.model.args.vocab_size
+            if self.noise is None or self.noise.numel() < needed:
+                # Canvas steps read the old buffer: drop them.
+                self.steps = OrderedDict((k, v) for k, v in self.steps.items() if isinstance(v, EncodeStep))
+                self.noise = torch.ones(needed, device=cache.device)
+            step = self.steps[key] = CanvasStep(self.model, rows, width, masked, self.noise)
+        return step
+
+    def _lookup(self, key: tuple, device: torch.device) -> CanvasStep | EncodeStep | None:
+        """The step under ``key``, now the most recently used; else None, with room made for a new one."""
         if key in self.steps:
             self.steps.move_to_end(key)
             return self.steps[key]
         while len(self.steps) >= MAX_STEPS:
             self.steps.popitem(last=False)
-        needed = rows * width * self.model.args.vocab_size
-        if self.noise is None or self.noise.numel() < needed:
-            self.steps.clear()  # their graphs read the old buffer
-            self.noise = torch.ones(needed, device=cache.device)
-        if self.pool is None and cache.device.type == "cuda":
+        if self.pool is None and device.type == "cuda":
             self.pool = torch.cuda.graph_pool_handle()
-        self.steps[key] = CanvasStep(self.model, rows, width, masked, self.noise)
-        return self.steps[key]
+        return None
+
+    def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
+        """``model.encode(ids, cache, start)``, graphed when ``ids`` [1, S] is at most a canvas long (a
+        re-encode after an edit, a committed canvas); longer prompts run eagerly."""
+        if ids.shape[1] > self.model.args.canvas_length:
+            self.model.encode(ids, cache, start)
+            return
+        width = max(16, next_power_of_2(ids.shape[1]))
+        cache.reserve(start + width)
+        key = (cache.uid, width)
+        step = self._lookup(key, cache.device)
+        if not isinstance(step, EncodeStep):
+            step = self.steps[key] = EncodeStep(self.model, width, cache.device)
+        step(cache, ids, start, self.pool)
 
     def run(
         self,

@@ -105,6 +105,34 @@ def test_window_read_from_device_tensors(lo: int, start: int) -> None:
         canvas_attention(q, cache_k, cache_v, bounds[0:1], start, k, v, key_mask)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lo,start,window", [(0, 0, 0), (0, 40, 0), (30, 45, 16), (0, 3, 16)])
+def test_causal_encoder_attention(dtype: torch.dtype, lo: int, start: int, window: int) -> None:
+    """The encoder's form: new tokens attend causally to each other and, in a sliding layer, only to keys
+    less than ``window`` positions back (the prefix too); bounds as ints and as device tensors."""
+    q, cache_k, cache_v, k, v = make_inputs(1, 4, 2, 20, 32, 70, dtype)
+    expected = reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v, causal=True, window=window)
+    bounds = torch.tensor([lo, start], device=DEVICE)
+    for lo_, start_ in ((lo, start), (bounds[:1], bounds[1:])):
+        actual = canvas_attention(q, cache_k, cache_v, lo_, start_, k, v, causal=True, window=window)
+        assert_close(actual, expected, dtype)
+
+
+def test_causal_reference_is_the_models_encoder_mask() -> None:
+    """The reference's causal/window form equals SDPA under the mask DGemma.encode builds."""
+    lo, start, seq, window = 5, 30, 9, 16
+    q, cache_k, cache_v, k, v = make_inputs(1, 4, 2, seq, 32, 60, torch.float32)
+    query = torch.arange(start, start + seq)[:, None]
+    key = torch.arange(lo, start + seq)[None, :]
+    mask = (key <= query) & (key > query - window)
+    keys = torch.cat([cache_k[:, :, lo:start], k], dim=2)
+    values = torch.cat([cache_v[:, :, lo:start], v], dim=2)
+    model = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
+    spec = reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v, causal=True, window=window)
+    assert_close(spec, model)
+    assert not torch.allclose(reference.canvas_attention(q, cache_k, cache_v, lo, start, k, v), model)
+
+
 def test_mask_hides_exactly_the_masked_keys() -> None:
     """Huge values under hidden canvas keys must not leak into the output; visible ones must count."""
     q, cache_k, cache_v, k, v = make_inputs(2, 2, 1, 7, 16, 20, torch.float32)

@@ -53,6 +53,23 @@ def test_encode_and_decode_match(models: tuple[LoadedModel, LoadedModel]) -> Non
     torch.testing.assert_close(logits0, logits1, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("first", [0, 30])
+def test_encode_with_the_start_on_the_device(models: tuple[LoadedModel, LoadedModel], first: int) -> None:
+    """The graphable encoder (start read on the device, causal attention in the kernel, padding tokens after
+    the real ones) writes the K/V the eager encoder writes, across the sliding window (16)."""
+    loaded = models[1]
+    model, ids = loaded.model, torch.tensor([PROMPT], device=DEVICE)
+    eager, graphable = (KVCache(model.args, 64, device=DEVICE, dtype=loaded.dtype) for _ in range(2))
+    if first:
+        for cache in (eager, graphable):
+            model.encode(ids[:, :first], cache, 0)
+    model.encode(ids[:, first:], eager, first)
+    padded = torch.cat([ids[:, first:], torch.full((1, 5), 3, device=DEVICE)], dim=1)
+    model.encode(padded, graphable, torch.tensor([first], device=DEVICE))
+    for a, b in zip(eager.keys + eager.values, graphable.keys + graphable.values, strict=True):
+        torch.testing.assert_close(a[:, :, : len(PROMPT)], b[:, :, : len(PROMPT)], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("layout", [None, Layout((6,), clamped=(5, 6, 7))])
 def test_same_completion_as_the_torch_kernels(models: tuple[LoadedModel, LoadedModel], layout) -> None:
     results = []
@@ -107,9 +124,11 @@ def test_step_graphs_give_the_same_completion(models: tuple[LoadedModel, LoadedM
             steps.append({k: v for k, v in model.step_graphs.steps.items() if k[0] == cache.uid})
     finally:
         model.use_kernels(True, step_graphs=DEVICE.type == "cuda")
-    assert len(steps[1]) == 1 and steps[0] == steps[1]  # one step (graph) for this shape, reused
-    (_, rows, width, masked), step = next(iter(steps[1].items()))
-    assert rows == (len(layout.middles) if layout else 1)
-    assert (width, masked) == ((16, True) if layout else (model.args.canvas_length, False))  # padded: 8 -> 16
+    # One canvas step for this shape, made for the first prompt and reused; the 38-token prompt was
+    # encoded eagerly (longer than a canvas), the second's two changed tokens by an encode step (padded).
+    assert list(steps[0]) == [
+        (cache.uid, len(layout.middles) if layout else 1, 16 if layout else 32, bool(layout))
+    ]
+    assert steps[1] == {**steps[0], (cache.uid, 16): steps[1][(cache.uid, 16)]}
     if DEVICE.type == "cuda":
-        assert step.graph is not None
+        assert all(step.graph is not None for step in steps[1].values())

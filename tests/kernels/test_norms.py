@@ -41,9 +41,9 @@ def test_rms_norm_rejects_mismatched_shapes() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("n_heads", "kv_heads", "dim", "k_eq_v"), [(4, 2, 16, False), (2, 1, 48, True)])
-@pytest.mark.parametrize(("batch", "cached"), [(1, True), (3, False)])
+@pytest.mark.parametrize(("batch", "cached"), [(1, True), (3, False), (1, "start on the device")])
 def test_head_norm_rope(
-    dtype: torch.dtype, n_heads: int, kv_heads: int, dim: int, k_eq_v: bool, batch: int, cached: bool
+    dtype: torch.dtype, n_heads: int, kv_heads: int, dim: int, k_eq_v: bool, batch: int, cached: bool | str
 ) -> None:
     seq, start, capacity = 7, 5, 20
     heads = n_heads + kv_heads * (1 if k_eq_v else 2)
@@ -55,8 +55,16 @@ def test_head_norm_rope(
         tuple(torch.zeros(1, kv_heads, capacity, dim, device=DEVICE, dtype=dtype) for _ in range(2))
         for _ in range(2)
     ]
+    kernel_start = torch.tensor([start], device=DEVICE) if isinstance(cached, str) else start
     got = norms.head_norm_rope(
-        qkv, head_norm, cos, sin, n_heads, kv_heads, 1e-6, cache=(*caches[0], start) if cached else None
+        qkv,
+        head_norm,
+        cos,
+        sin,
+        n_heads,
+        kv_heads,
+        1e-6,
+        cache=(*caches[0], kernel_start) if cached else None,
     )
     want = reference.head_norm_rope(
         qkv, head_norm, cos, sin, n_heads, kv_heads, 1e-6, cache=(*caches[1], start) if cached else None
