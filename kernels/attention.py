@@ -13,7 +13,9 @@ cache slice [lo, start) in place and the canvas K/V from their own tensors, so i
 Softmax is online in fp32 (running max m, sum l, accumulator acc); the probabilities are rounded to the value
 dtype before the PV product, as the reference does. Scale 1.0 (DiffusionGemma normalises q and k instead).
 Strides are passed to the kernel, so views such as the model's ``q.transpose(1, 2)`` or a cache slice need no
-copy (only a non-unit stride along head_dim forces one).
+copy (only a non-unit stride along head_dim forces one). With ``causal`` and ``window`` the same kernel is the
+encoder's attention over new tokens, which a CUDA graph of a short re-encode needs (torch's attention slices
+the cache by a host-side position). ``lo`` and ``start`` may live on the device for the same reason.
 """
 
 from __future__ import annotations

@@ -411,7 +411,7 @@ class DGemma(nn.Module):
     def _run(
         self, x: torch.Tensor, cache: KVCache, start: int | torch.Tensor, masks: dict, encode: bool
     ) -> torch.Tensor:
-        """``start``: an int, or a one-element device tensor (Triton decode only: see decode_hidden)."""
+        """``start``: an int, or a one-element device tensor (Triton kernels only: see encode)."""
         seq = x.shape[1]
         if isinstance(start, torch.Tensor):
             positions = start + torch.arange(seq, device=x.device)
@@ -426,6 +426,10 @@ class DGemma(nn.Module):
             x = layer(x, ropes[t], cache, i, windows[t], masks.get(t), encode)
         return x
 
+    def _need_triton_for_device_start(self) -> None:
+        if not self.triton:
+            raise ValueError("a device-held start needs the Triton kernels (the torch path slices the cache)")
+
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: KVCache, start: int | torch.Tensor) -> None:
         """Causal pass over ``ids`` [1, S] at positions start..start+S-1, writing their K/V into ``cache``.
@@ -434,10 +438,7 @@ class DGemma(nn.Module):
         call serves any position (Triton kernels only; the caller reserves the cache).
         """
         if isinstance(start, torch.Tensor):
-            if not self.triton:
-                raise ValueError(
-                    "a device-held start needs the Triton kernels (the torch path slices the cache)"
-                )
+            self._need_triton_for_device_start()
             self._run(self.embed_tokens(ids) * self.embed_scale, cache, start, {}, encode=True)
             return
         seq = ids.shape[1]
@@ -489,8 +490,8 @@ class DGemma(nn.Module):
         if start is None:
             start = cache.length
             cache.reserve(start + canvas.shape[1])
-        elif not self.triton:
-            raise ValueError("a device-held start needs the Triton kernels (the torch path slices the cache)")
+        else:
+            self._need_triton_for_device_start()
         x = self.embed_tokens(canvas) * self.embed_scale
         x = self.self_conditioning(x, None if soft is None else soft * self.embed_scale)
         masks = {}

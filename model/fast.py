@@ -166,16 +166,14 @@ def _denoise_canvas(
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
-        if model.step_graphs is not None:
-            prev = None if soft is None else soft()
+        prev = None if soft is None else soft()
+        if model.step_graphs is not None:  # decoder and fused head replayed as one CUDA graph
             hidden, out = model.step_graphs.run(cache, canvas, prev, keys, temps[t], generator)
             token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
-        elif model.triton:
-            hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
-            token_entropy, sampled, argmax, soft, log_z = _head_triton(model, hidden, temps[t], generator)
         else:
-            hidden = model.decode_hidden(canvas, cache, None if soft is None else soft(), keys)
-            token_entropy, sampled, argmax, soft, log_z = _head_torch(model, hidden, temps[t], generator)
+            hidden = model.decode_hidden(canvas, cache, prev, keys)
+            head = _head_triton if model.triton else _head_torch
+            token_entropy, sampled, argmax, soft, log_z = head(model, hidden, temps[t], generator)
         if layout.plain:
             accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
             canvas = sampler.renoise(sampled, accepted, vocab, generator)
@@ -240,9 +238,8 @@ def _head_triton(
     weight = model.embed_tokens.weight
     noise = torch.empty((*hidden.shape[:-1], weight.shape[0]), device=hidden.device)
     noise.exponential_(generator=generator)
-    return _head_out(
-        model, hidden, vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise), temp
-    )
+    out = vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+    return _head_out(model, hidden, out, temp)
 
 
 def _head_out(model: DGemma, hidden: torch.Tensor, out: VocabHead, temp: torch.Tensor) -> HeadOut:
