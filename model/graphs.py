@@ -12,8 +12,9 @@ edit changed, or committing a canvas, is all launch overhead when run eagerly.
 Bounded memory: masked canvases (the infilling layouts, whose width varies per request) are padded to a
 power-of-two width with hidden key positions, and encoder inputs to a power-of-two length, so a few graphs
 cover every size; a model keeps at most ``MAX_STEPS`` of them (least recently used dropped), all sharing
-one CUDA memory pool and one noise buffer, which is safe because steps never run concurrently. Off CUDA the
-same code runs eagerly, which is what the CPU tests exercise.
+one CUDA memory pool and one noise buffer. Sharing is safe because steps never run concurrently and each
+step's outputs are read before another graph replays (a later capture may reuse an earlier graph's freed
+intermediates, never its live outputs). Off CUDA the same code runs eagerly, which the CPU tests exercise.
 """
 
 from __future__ import annotations
