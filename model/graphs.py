@@ -35,6 +35,9 @@ MAX_STEPS = 16  # graphs per model; each holds only its small static buffers bes
 
 
 class CanvasStep:
+    """One denoising step for canvases of one shape on one document cache: its static inputs, its graph
+    (made on the first call) and the graph's outputs."""
+
     def __init__(self, model: DGemma, rows: int, width: int, masked: bool, noise: torch.Tensor) -> None:
         """``noise``: a shared fp32 buffer of at least rows * width * vocab elements."""
         device, dtype = noise.device, model.embed_tokens.weight.dtype
