@@ -127,6 +127,14 @@ def quantize_experts(model: DGemma) -> None:
             setattr(experts, f"{name}_scale", scale)
 
 
+GRAPHS_ENV = "DGEMMA_CUDA_GRAPHS"  # "0": the Triton kernels launched one by one, no step graphs
+
+
+def use_step_graphs(triton: bool, device: torch.device) -> bool:
+    """Step graphs (graphs.py) go with the Triton kernels on CUDA, unless $DGEMMA_CUDA_GRAPHS is 0."""
+    return triton and device.type == "cuda" and os.environ.get(GRAPHS_ENV, "1") != "0"
+
+
 def load_fast(
     path: str | os.PathLike[str],
     device: str | None = None,
@@ -150,7 +158,7 @@ def load_fast(
         if fp8_experts:
             quantize_experts(model)
         triton = use_triton(kernels, checked.device)
-        model.use_kernels(triton, step_graphs=triton and checked.device.type == "cuda")
+        model.use_kernels(triton, step_graphs=use_step_graphs(triton, checked.device))
     except ModelLoadError:
         raise
     except torch.OutOfMemoryError as exc:

@@ -284,3 +284,13 @@ def test_cuda_bf16_logits_close_to_transformers(tiny_checkpoint: Path) -> None:
     ours.encode(torch.tensor([LONG], device="cuda"), kv, 0)
     kv.extend(torch.tensor(LONG))
     torch.testing.assert_close(ours.decode(canvas, kv), theirs, atol=0.05, rtol=0.05)
+
+
+def test_step_graphs_go_with_triton_on_cuda_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dgemma_lsp.model.load import GRAPHS_ENV, use_step_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv(GRAPHS_ENV, raising=False)
+    assert use_step_graphs(True, cuda) and not use_step_graphs(False, cuda) and not use_step_graphs(True, cpu)
+    monkeypatch.setenv(GRAPHS_ENV, "0")
+    assert not use_step_graphs(True, cuda)
