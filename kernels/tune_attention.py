@@ -12,19 +12,16 @@ recorded with its error.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dgemma_lsp.kernels.attention import _launch_config, canvas_attention
 from dgemma_lsp.kernels.bench_attention import REAL_CASES, SMALL_CASES
-from dgemma_lsp.kernels.utils import device_name, time_ms
+from dgemma_lsp.kernels.utils import device_name, time_ms, tune_main
 
 
 def _grid(small: bool, head_dim: int) -> list[tuple[int, int, int, int]]:
@@ -92,19 +89,16 @@ def run(device: torch.device, small: bool, budget_s: float) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
-    parser.add_argument("--budget-s", type=float, default=60.0, help="start none after this")
-    parser.add_argument("--json", type=Path, metavar="FILE", required=True)
-    options = parser.parse_args(argv)
-    report = run(torch.device(options.device), options.small, options.budget_s)
-    options.json.write_text(json.dumps(report, indent=1))
-    for case in report["cases"]:
+def _report(result: dict[str, Any]) -> str:
+    lines = []
+    for case in result["cases"]:
         current, best = f"{case['current_ms']} ms {case['current']}", f"{case['best_ms']} ms {case['best']}"
-        print(f"{case['name']}: current {current}, best {best}")
-    return 0
+        lines.append(f"{case['name']}: current {current}, best {best}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return tune_main(argv, __doc__.splitlines()[0], run, _report, budget_s=60.0)
 
 
 if __name__ == "__main__":

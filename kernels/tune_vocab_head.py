@@ -12,18 +12,15 @@ with its error. The budget stops the sweep early (each configuration compiles tw
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dgemma_lsp.kernels.bench_vocab_head import REAL, SMALL, TEMPERATURE
-from dgemma_lsp.kernels.utils import device_name, time_ms
+from dgemma_lsp.kernels.utils import device_name, time_ms, tune_main
 from dgemma_lsp.kernels.vocab_head import _launch_config, vocab_head
 
 
@@ -95,18 +92,12 @@ def run(device: torch.device, small: bool, budget_s: float) -> dict[str, Any]:
     }
 
 
+def _report(result: dict[str, Any]) -> str:
+    return "\n".join(f"{name}: {result[f'{name}_ms']} ms {result[name]}" for name in ("current", "best"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
-    parser.add_argument("--budget-s", type=float, default=170.0, help="start none after this")
-    parser.add_argument("--json", type=Path, metavar="FILE", required=True)
-    options = parser.parse_args(argv)
-    result = run(torch.device(options.device), options.small, options.budget_s)
-    options.json.write_text(json.dumps(result, indent=1))
-    for name in ("current", "best"):
-        print(f"{name}: {result[f'{name}_ms']} ms {result[name]}")
-    return 0
+    return tune_main(argv, __doc__.splitlines()[0], run, _report, budget_s=170.0)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,27 @@ def peak_matmul_tflops(device: torch.device, small: bool) -> float:
     return 2 * n**3 / time_ms(lambda: a @ b, device) / 1e9
 
 
+def tune_main(
+    argv: list[str] | None,
+    description: str,
+    run: Callable[[torch.device, bool, float], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    budget_s: float,
+) -> int:
+    """The launch sweeps' command line (``--device``, ``--small``, ``--budget-s``, ``--json FILE``): writes
+    ``result = run(device, small, budget_s)`` to the JSON file and prints ``report(result)``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="tiny shapes (a smoke run)")
+    parser.add_argument("--budget-s", type=float, default=budget_s, help="start none after this")
+    parser.add_argument("--json", type=Path, metavar="FILE", required=True)
+    options = parser.parse_args(argv)
+    result = run(torch.device(options.device), options.small, options.budget_s)
+    options.json.write_text(json.dumps(result, indent=1))
+    print(report(result))
+    return 0
+
+
 def bench_main(
     argv: list[str] | None,
     description: str,
