@@ -38,11 +38,14 @@ class CanvasStep:
     """One denoising step for canvases of one shape on one document cache: its static inputs, its graph
     (made on the first call) and the graph's outputs."""
 
-    def __init__(self, model: DGemma, rows: int, width: int, masked: bool, noise: torch.Tensor) -> None:
-        """``noise``: a shared fp32 buffer of at least rows * width * vocab elements."""
+    def __init__(
+        self, model: DGemma, rows: int, width: int, masked: bool, noise: torch.Tensor, pool: Any = None
+    ) -> None:
+        """``noise``: a shared fp32 buffer of at least rows * width * vocab elements; ``pool``: the CUDA
+        memory pool to capture into."""
         device, dtype = noise.device, model.embed_tokens.weight.dtype
         vocab = model.args.vocab_size
-        self.model = model
+        self.model, self.pool = model, pool
         self.canvas = torch.zeros(rows, width, dtype=torch.long, device=device)
         self.soft = torch.zeros(rows, width, model.args.dim, dtype=dtype, device=device)
         self.keys = torch.zeros(rows, width, dtype=torch.bool, device=device) if masked else None
@@ -68,7 +71,6 @@ class CanvasStep:
         keys: torch.Tensor | None,
         temp: torch.Tensor,
         generator: torch.Generator,
-        pool: Any = None,
     ) -> tuple[torch.Tensor, VocabHead]:
         """The final hidden states and the head's statistics for ``canvas`` [B, W] after the cache's valid
         entries (the cache must have room for this step's width: see StepGraphs.get).
@@ -99,7 +101,7 @@ class CanvasStep:
             hidden, out = self._forward(cache)
         else:
             if self.graph is None:
-                self.graph, self.outputs = _capture(lambda: self._forward(cache), pool)
+                self.graph, self.outputs = _capture(lambda: self._forward(cache), self.pool)
             assert self.outputs is not None
             self.graph.replay()
             hidden, out = self.outputs
@@ -116,13 +118,13 @@ class EncodeStep:
     tokens, and their K/V land past the cache's valid entries, where nothing reads them.
     """
 
-    def __init__(self, model: DGemma, width: int, device: torch.device) -> None:
-        self.model = model
+    def __init__(self, model: DGemma, width: int, device: torch.device, pool: Any = None) -> None:
+        self.model, self.pool = model, pool
         self.ids = torch.zeros(1, width, dtype=torch.long, device=device)
         self.start = torch.zeros(1, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def __call__(self, cache: KVCache, ids: torch.Tensor, start: int, pool: Any = None) -> None:
+    def __call__(self, cache: KVCache, ids: torch.Tensor, start: int) -> None:
         """Write the K/V of ``ids`` [1, S] at positions start.. (the cache has room: StepGraphs.encode)."""
         self.ids[:, : ids.shape[1]].copy_(ids)
         self.ids[:, ids.shape[1] :].zero_()
@@ -131,7 +133,7 @@ class EncodeStep:
             self.model.encode(self.ids, cache, self.start)
             return
         if self.graph is None:
-            self.graph, _ = _capture(lambda: self.model.encode(self.ids, cache, self.start), pool)
+            self.graph, _ = _capture(lambda: self.model.encode(self.ids, cache, self.start), self.pool)
         self.graph.replay()
 
 
@@ -173,7 +175,7 @@ class StepGraphs:
                 # Canvas steps read the old buffer: drop them.
                 self.steps = OrderedDict((k, v) for k, v in self.steps.items() if isinstance(v, EncodeStep))
                 self.noise = torch.ones(needed, device=cache.device)
-            step = self.steps[key] = CanvasStep(self.model, rows, width, masked, self.noise)
+            step = self.steps[key] = CanvasStep(self.model, rows, width, masked, self.noise, self.pool)
         return step
 
     def _lookup(self, key: tuple, device: torch.device) -> CanvasStep | EncodeStep | None:
@@ -198,8 +200,8 @@ class StepGraphs:
         key = (cache.uid, width)
         step = self._lookup(key, cache.device)
         if not isinstance(step, EncodeStep):
-            step = self.steps[key] = EncodeStep(self.model, width, cache.device)
-        step(cache, ids, start, self.pool)
+            step = self.steps[key] = EncodeStep(self.model, width, cache.device, self.pool)
+        step(cache, ids, start)
 
     def run(
         self,
@@ -210,5 +212,6 @@ class StepGraphs:
         temp: torch.Tensor,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, VocabHead]:
+        """One denoising step: ``CanvasStep.__call__`` of the step for this canvas's shape."""
         step = self.get(cache, canvas.shape[0], canvas.shape[1], keys is not None)
-        return step(cache, canvas, soft, keys, temp, generator, self.pool)
+        return step(cache, canvas, soft, keys, temp, generator)
