@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--kernels",
-        choices=("auto", "triton", "torch"),
-        help="fast backend's kernels; auto (default): Triton on CUDA, torch on CPU",
+        choices=("auto", "triton", "torch", "inductor"),
+        help="fast backend's kernels; auto (default): Triton on CUDA, torch on CPU; inductor: torch compiled "
+        "for the CPU (about 1-2 minutes of compiling at start)",
     )
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v, -vv)")
     common.add_argument("--log-file", metavar="FILE", help="log to FILE instead of stderr")

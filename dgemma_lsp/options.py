@@ -34,7 +34,8 @@ class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_field
     infilling_mode: Literal["auto", "fim", "chat", "plain"] = "auto"  # the prompt form
     backend: Literal["fast", "reference"] = "fast"  # our compact denoiser, or transformers' model
     canvas_mode: Literal["plain", "clamped", "lengths"] = "plain"  # the suffix in the canvas too (fast only)
-    kernels: Literal["auto", "triton", "torch"] = "auto"  # fast backend; auto: Triton on CUDA, torch on CPU
+    # fast backend; auto: Triton on CUDA, torch on CPU; inductor: the torch path compiled (CPU)
+    kernels: Literal["auto", "triton", "torch", "inductor"] = "auto"
     enable: dict[str, bool] = msgspec.field(default_factory=dict)  # languageId (or "*") -> complete or not
     max_lines: int = 20  # longest block suggestion, in lines
     debounce_ms: int | None = None  # None: adaptive, from the typing rate

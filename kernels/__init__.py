@@ -17,13 +17,13 @@ from .utils import HAVE_TRITON, triton_usable
 
 log = logging.getLogger(__name__)
 
-Kernels = Literal["auto", "triton", "torch"]
+Kernels = Literal["auto", "triton", "torch", "inductor"]  # inductor: the torch path compiled
 
 
 def use_triton(requested: Kernels, device: torch.device) -> bool:
     """Whether the fast backend runs the Triton kernels: ``auto`` on CUDA; ``triton`` wherever they can run
     (CUDA, or the CPU under TRITON_INTERPRET=1), falling back to torch, with a warning, where they cannot."""
-    if requested == "torch":
+    if requested in ("torch", "inductor"):
         return False
     if requested == "auto":
         return device.type == "cuda" and HAVE_TRITON

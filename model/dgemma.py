@@ -11,6 +11,7 @@ stack q/k/v, gate/up and the head norms into the fused parameters used here.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,6 +25,11 @@ from .kv_cache import KVCache
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # A no-op cast still costs a dispatch; in fp32 there are ~30 per layer.
     return x if x.dtype == dtype else x.to(dtype)
+
+
+@torch.compiler.assume_constant_result  # a constant to a compiled step, not a graph break
+def _rounded(value: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(value, dtype=torch.float32).to(dtype))
 
 
 class RMSNorm(nn.Module):
@@ -60,6 +66,8 @@ class Rotary(nn.Module):
 
     def forward(self, start: int, seq: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and a sign-folded sin, [1, seq, 1, head_dim], for positions start..start+seq-1."""
+        if torch.compiler.is_compiling():  # a compiled step computes its tables in its own loops
+            return self.tables(torch.arange(start, start + seq, device=self.inv_freq.device), dtype)
         key = (start, seq, dtype)
         if self._last is None or self._last[0] != key:  # every step of a canvas asks for the same positions
             positions = torch.arange(start, start + seq, device=self.inv_freq.device)
@@ -84,6 +92,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     mask, none does), so torch falls back to its fp32 math path (on an H200, 11 % of a 2k-prompt completion's
     GPU time); repeated K/V heads let the memory-efficient kernel take head dim 512."""
     grouped = k.shape[1] != q.shape[1]
+    if torch.compiler.is_compiling() and q.shape[0] > 1:
+        # Written out: inductor's SDPA lowering fails on the strides of a batch of canvases (torch 2.13).
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = q @ k.transpose(-1, -2)
+        return torch.softmax(scores if mask is None else scores.masked_fill(~mask, -math.inf), -1) @ v
     if grouped and q.shape[-1] > 256:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -160,13 +174,14 @@ class Attention(nn.Module):
         if encode or batch == 1:
             # One canvas writes its K/V right after the valid entries as scratch (the cache's length does
             # not grow), so attention reads one slice instead of copying the prefix every step.
-            cache_k[:, :, start : start + seq] = k
-            cache_v[:, :, start : start + seq] = v
-            k, v = cache_k[:, :, lo : start + seq], cache_v[:, :, lo : start + seq]
+            # narrow, not slices: a slice may be clipped at the end, which a compiled step must guard on.
+            cache_k.narrow(2, start, seq).copy_(k)
+            cache_v.narrow(2, start, seq).copy_(v)
+            k, v = cache_k.narrow(2, lo, start + seq - lo), cache_v.narrow(2, lo, start + seq - lo)
         else:
             prefix = (batch, -1, -1, -1)
-            k = torch.cat([cache_k[:, :, lo:start].expand(prefix), k], dim=2)
-            v = torch.cat([cache_v[:, :, lo:start].expand(prefix), v], dim=2)
+            k = torch.cat([cache_k.narrow(2, lo, start - lo).expand(prefix), k], dim=2)
+            v = torch.cat([cache_v.narrow(2, lo, start - lo).expand(prefix), v], dim=2)
         out = attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -270,6 +285,8 @@ class Experts(nn.Module):
         return w if scale is None else w.to(dtype) * scale.to(dtype)[..., None]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._every_expert(x, weights, index)
         tokens, k = index.shape
         flat = index.flatten()
         order = flat.argsort(stable=True)
@@ -282,6 +299,19 @@ class Experts(nn.Module):
         # Back to (token, k) order and a plain sum over k: deterministic, unlike an atomic scatter-add.
         unsorted = torch.empty_like(out).index_copy_(0, order, out).view(tokens, k, -1)
         return _cast((unsorted * weights[..., None]).sum(dim=1), x.dtype)
+
+    def _every_expert(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Compiled steps (compiled.py): every expert on every token, weighted by a routing matrix that is
+        zero off each token's top k. No sort and no grouped GEMM (whose fp32 CPU path the compiler cannot
+        trace), and fixed shapes; for a few experts (the bundled model: top 2 of 4) the extra work is
+        cheaper than the ops it replaces."""
+        mix = torch.zeros(x.shape[0], self.gate_up_proj.shape[0], device=x.device, dtype=weights.dtype)
+        mix = mix.scatter(1, index, weights)
+        gate_up = torch.einsum("td,efd->etf", x, self._weight(self.gate_up_proj, self.gate_up_scale, x.dtype))
+        gate, up = gate_up.chunk(2, dim=-1)
+        down = self._weight(self.down_proj, self.down_scale, x.dtype)
+        out = torch.einsum("eti,edi->etd", F.gelu(gate, approximate="tanh") * up, down)
+        return _cast(torch.einsum("etd,te->td", out.float(), mix), x.dtype)
 
 
 class Layer(nn.Module):
@@ -386,7 +416,8 @@ class DGemma(nn.Module):
         self.args = args
         self.triton = False
         self._graphs: Any = None  # graphs.StepGraphs, made by use_kernels
-        self._graphs_on = False
+        self._inductor: Any = None  # compiled.InductorSteps, made by use_kernels
+        self._compiled_on: Any = None  # the one of them in use
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)  # also the LM head (tied)
         self.layers = nn.ModuleList(Layer(args, t) for t in args.layer_types)
         self.norm = RMSNorm(args.dim, args.rms_norm_eps)
@@ -401,12 +432,15 @@ class DGemma(nn.Module):
     @property
     def embed_scale(self) -> float:
         # sqrt(d) rounded to the weight dtype, as the reference does (bf16: 53.0 for d = 2816).
-        dtype = self.embed_tokens.weight.dtype
-        return float(torch.tensor(self.args.dim**0.5, dtype=torch.float32).to(dtype))
+        return _rounded(self.args.dim**0.5, self.embed_tokens.weight.dtype)
 
     def _window(self, layer_type: str, start: int) -> tuple[int, int]:
-        # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W).
-        return (max(0, start - self.args.sliding_window + 1) if layer_type == SLIDING else 0, start)
+        # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W). Compiled,
+        # they read from 0 and the masks hide the rest: a max of the symbolic start would be a guard on
+        # which side wins, and so a second compile.
+        if layer_type == SLIDING and not torch.compiler.is_compiling():
+            return (max(0, start - self.args.sliding_window + 1), start)
+        return (0, start)
 
     def _run(
         self, x: torch.Tensor, cache: KVCache, start: int | torch.Tensor, masks: dict, encode: bool
@@ -441,8 +475,12 @@ class DGemma(nn.Module):
             self._need_triton_for_device_start()
             self._run(self.embed_tokens(ids) * self.embed_scale, cache, start, {}, encode=True)
             return
+        cache.reserve(start + ids.shape[1])
+        self.encode_into(ids, cache, start)
+
+    def encode_into(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
+        """``encode`` into a cache that already has room (what compiled.py compiles)."""
         seq = ids.shape[1]
-        cache.reserve(start + seq)
         query = torch.arange(start, start + seq, device=ids.device)[:, None]
         masks = {}
         for t in self.rotary:
@@ -492,8 +530,21 @@ class DGemma(nn.Module):
             cache.reserve(start + canvas.shape[1])
         else:
             self._need_triton_for_device_start()
+        return self.decode_into(canvas, cache, soft, canvas_keys, start)
+
+    def decode_into(
+        self,
+        canvas: torch.Tensor,
+        cache: KVCache,
+        soft: torch.Tensor | None,
+        canvas_keys: torch.Tensor | None,
+        start: int | torch.Tensor,
+    ) -> torch.Tensor:
+        """``decode_hidden`` at ``start`` in a cache that already has room (what compiled.py compiles)."""
         x = self.embed_tokens(canvas) * self.embed_scale
         x = self.self_conditioning(x, None if soft is None else soft * self.embed_scale)
+        if canvas_keys is None and torch.compiler.is_compiling():  # the sliding window is a mask (_window)
+            canvas_keys = torch.ones(canvas.shape, dtype=torch.bool, device=canvas.device)
         masks = {}
         if canvas_keys is not None:
             for t in self.rotary:
@@ -501,7 +552,10 @@ class DGemma(nn.Module):
                     masks[t] = canvas_keys
                     continue
                 lo = self._window(t, start)[0]
-                prefix = canvas_keys.new_ones(canvas.shape[0], start - lo)
+                prefix = torch.arange(lo, start, device=canvas.device) > start - self.args.sliding_window
+                if t != SLIDING:
+                    prefix = torch.ones_like(prefix)
+                prefix = prefix.expand(canvas.shape[0], -1)
                 masks[t] = torch.cat([prefix, canvas_keys], dim=1)[:, None, None, :]
         return self.norm(self._run(x, cache, start, masks, encode=False))
 
@@ -511,24 +565,32 @@ class DGemma(nn.Module):
         cap = self.args.softcap
         return torch.tanh(logits / cap) * cap
 
-    def use_kernels(self, triton: bool, step_graphs: bool = False) -> None:
+    def use_kernels(self, triton: bool, step_graphs: bool = False, inductor: bool = False) -> None:
         """Run layers with the Triton kernels (dgemma_lsp.kernels) or plain torch; the fast step loop reads
-        ``self.triton`` for the fused vocabulary head, and ``self.step_graphs`` to replay each denoising step
-        as a CUDA graph (graphs.StepGraphs; Triton kernels only, eager off CUDA). Graphs are kept while
-        step graphs are switched off and on (the benchmark alternates); they hold the weights' addresses,
-        so weights must be final (dtype, device) before the first step."""
+        ``self.triton`` for the fused vocabulary head, and ``self.compiled_steps`` to run each denoising
+        step compiled: replayed as a CUDA graph (``step_graphs``: graphs.StepGraphs; Triton kernels only,
+        eager off CUDA) or compiled by torch.compile (``inductor``: compiled.InductorSteps; the torch path,
+        for the CPU). Compiled steps are kept while switched off and on (the benchmark alternates); they
+        hold the weights, so weights must be final (dtype, device) before the first step."""
         if step_graphs and not triton:
             raise ValueError("step graphs need the Triton kernels")
-        from .graphs import StepGraphs  # imported here: graphs.py builds on this module
+        if inductor and triton:
+            raise ValueError("inductor compiles the torch path, not the Triton kernels")
+        # Imported here: both build on this module.
+        from .compiled import InductorSteps
+        from .graphs import StepGraphs
 
         self.triton = triton
         for layer in self.layers:
             layer.triton = layer.self_attn.triton = triton
         if step_graphs and self._graphs is None:
             self._graphs = StepGraphs(self)
-        self._graphs_on = step_graphs
+        if inductor and self._inductor is None:
+            self._inductor = InductorSteps(self)
+        self._compiled_on = self._graphs if step_graphs else self._inductor if inductor else None
 
     @property
-    def step_graphs(self) -> Any:
-        """The graphs.StepGraphs the fast step loop replays, or None when step graphs are off."""
-        return self._graphs if self._graphs_on else None
+    def compiled_steps(self) -> Any:
+        """What the fast step loop runs instead of the eager model (graphs.StepGraphs or
+        compiled.InductorSteps: both have ``run`` and ``encode``), or None when off."""
+        return self._compiled_on

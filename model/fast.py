@@ -118,9 +118,9 @@ def stop_free(
 
 
 def encode(model: DGemma, ids: torch.Tensor, cache: KVCache, start: int) -> None:
-    """``model.encode``, through the model's step graphs when it has them."""
-    if model.step_graphs is not None:
-        model.step_graphs.encode(ids, cache, start)
+    """``model.encode``, compiled when the model's steps are."""
+    if model.compiled_steps is not None:
+        model.compiled_steps.encode(ids, cache, start)
     else:
         model.encode(ids, cache, start)
 
@@ -167,8 +167,8 @@ def _denoise_canvas(
         if cancelled():
             raise Cancelled()
         prev = None if soft is None else soft()
-        if model.step_graphs is not None:  # decoder and fused head replayed as one CUDA graph
-            hidden, out = model.step_graphs.run(cache, canvas, prev, keys, temps[t], generator)
+        if model.compiled_steps is not None:  # decoder and head as one CUDA graph or inductor's loops
+            hidden, out = model.compiled_steps.run(cache, canvas, prev, keys, temps[t], generator)
             token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
         else:
             hidden = model.decode_hidden(canvas, cache, prev, keys)

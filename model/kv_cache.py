@@ -38,6 +38,7 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
+    @torch.inference_mode()  # only inference writes a cache; compiled steps guard on the tensors' kind
     def _allocate(self, capacity: int) -> None:
         old_keys, old_values, n = self.keys, self.values, self.length
         self.keys, self.values = [], []

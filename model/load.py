@@ -135,6 +135,20 @@ def use_step_graphs(triton: bool, device: torch.device) -> bool:
     return triton and device.type == "cuda" and os.environ.get(GRAPHS_ENV, "1") != "0"
 
 
+def compile_steps(model: DGemma, device: torch.device) -> None:
+    """kernels=inductor: compile the torch path's step and encoder (compiled.py) now, before the first
+    request; where that fails (no C++ compiler, say) the torch path runs uncompiled, with a warning."""
+    if device.type != "cpu":
+        log.warning("kernels=inductor is for the CPU, not %s: using the torch kernels", device.type)
+        return
+    model.use_kernels(False, inductor=True)
+    try:
+        model.compiled_steps.warm_up()
+    except Exception as exc:
+        log.warning("could not compile the denoising step (%s): using the torch kernels", exc)
+        model.use_kernels(False)
+
+
 def load_fast(
     path: str | os.PathLike[str],
     device: str | None = None,
@@ -159,6 +173,8 @@ def load_fast(
             quantize_experts(model)
         triton = use_triton(kernels, checked.device)
         model.use_kernels(triton, step_graphs=use_step_graphs(triton, checked.device))
+        if kernels == "inductor":
+            compile_steps(model, checked.device)
     except ModelLoadError:
         raise
     except torch.OutOfMemoryError as exc:
@@ -171,7 +187,7 @@ def load_fast(
         checked.device,
         checked.dtype,
         ", fp8 experts" if fp8_experts else "",
-        "triton" if model.triton else "torch",
+        "triton" if model.triton else "inductor" if model.compiled_steps else "torch",
         args.n_layers,
         args.vocab_size,
         args.canvas_length,

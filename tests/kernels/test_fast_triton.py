@@ -121,7 +121,7 @@ def test_step_graphs_give_the_same_completion(models: tuple[LoadedModel, LoadedM
             expected, actual = complete(torch_kernels, prompt), complete(triton_kernels, prompt, cache)
             assert actual.tokens == expected.tokens and actual.steps == expected.steps
             assert [c.tokens for c in actual.candidates] == [c.tokens for c in expected.candidates]
-            steps.append({k: v for k, v in model.step_graphs.steps.items() if k[0] == cache.uid})
+            steps.append({k: v for k, v in model.compiled_steps.steps.items() if k[0] == cache.uid})
     finally:
         model.use_kernels(True, step_graphs=DEVICE.type == "cuda")
     # One canvas step for this shape, made for the first prompt and reused; the 38-token prompt was

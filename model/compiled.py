@@ -1,0 +1,123 @@
+"""The CPU's counterpart of the step graphs: the torch path's denoising step and encoder pass compiled.
+
+A small model on the CPU is bound by per-op overhead, not arithmetic: a step of the tiny test checkpoint is
+hundreds of tensor ops of a few microseconds each. torch.compile (inductor's C++ backend) fuses them into a
+few loops. An ``InductorSteps`` compiles two functions of the model: one denoising step (decoder, vocabulary
+head and the step's statistics, ``kernels.reference.vocab_head``, the fused kernel's spec) and one encoder
+pass. Shapes are dynamic, so one compile serves every prefix length, document cache, canvas width and
+prompt length; dynamo still specialises sizes 0 and 1, so a masked canvas, a batch of canvases and a
+one-token re-encode are compiles of their own. ``warm_up`` makes them all ahead of the first request.
+
+Every draw from the generator stays outside, in the order the eager step draws (the noise before the
+step, the renoise after), so a seed gives the eager torch path's tokens up to the fused loops' rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from dgemma_lsp.kernels.reference import VocabHead, vocab_head
+
+from .dgemma import DGemma
+from .kv_cache import KVCache
+
+log = logging.getLogger(__name__)
+
+
+# The cache always keeps a position to spare after what a call writes: a cache filled to its end is
+# contiguous up to there where a longer one is not, and compiled code would guard on (and recompile for) it.
+_ROOM = 1
+
+
+class InductorSteps:
+    """A model's compiled step and encoder pass, with the interface of graphs.StepGraphs (``run``,
+    ``encode``), which the fast step loop calls instead of the eager model when the model has them."""
+
+    def __init__(self, model: DGemma) -> None:
+        self.model = model  # made by DGemma.use_kernels
+        # Sizes equal to a weight's (the canvas width and a head dimension, say) must not share its
+        # static size: one compile serves all widths.
+        torch.fx.experimental._config.use_duck_shape = False
+        self._step = torch.compile(self._forward, dynamic=True)
+        self._encode = torch.compile(model.encode_into, dynamic=True)
+
+    def _forward(
+        self,
+        canvas: torch.Tensor,
+        soft: torch.Tensor,
+        keys: torch.Tensor | None,
+        noise: torch.Tensor,
+        temp: torch.Tensor,
+        cache: KVCache,
+        start: int,
+    ) -> tuple[torch.Tensor, VocabHead]:
+        model = self.model
+        hidden = model.decode_into(canvas, cache, soft, keys, start)
+        weight = model.embed_tokens.weight
+        return hidden, vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+
+    def run(
+        self,
+        cache: KVCache,
+        canvas: torch.Tensor,
+        soft: torch.Tensor | None,
+        keys: torch.Tensor | None,
+        temp: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, VocabHead]:
+        """One denoising step for ``canvas`` [B, W] after the cache's valid entries: the final hidden states
+        and the head's statistics. ``soft`` None (the first step) is fed as zeros, whose self-conditioning
+        MLP is exactly zero: one compile serves both."""
+        model, start = self.model, cache.length
+        cache.reserve(start + canvas.shape[1] + _ROOM)  # see _ROOM
+        if keys is None:  # a plain canvas as a masked one with every key visible: one compile for both
+            keys = torch.ones(canvas.shape, dtype=torch.bool, device=canvas.device)
+        if soft is None:
+            soft = torch.zeros(
+                *canvas.shape, model.args.dim, dtype=model.embed_tokens.weight.dtype, device=canvas.device
+            )
+        noise = torch.empty(*canvas.shape, model.args.vocab_size, device=canvas.device)
+        noise.exponential_(generator=generator)
+        step = self._step if start > 1 else self._forward  # dynamo compiles starts 0 and 1 apart: eager
+        return step(*map(_inference, (canvas, soft, keys, noise, temp)), cache, start)
+
+    def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
+        """``model.encode(ids, cache, start)``, compiled. One token is encoded with a second after it, so
+        that its length is not the size 1 that dynamo compiles apart: causal attention hides the extra
+        token from the real one, and its K/V land past the valid entries, where nothing reads them."""
+        # A fresh tensor: compiled code guards on strides and storage offsets too.
+        ids = torch.cat([ids, ids], dim=1) if ids.shape[1] == 1 else ids.clone()
+        cache.reserve(start + ids.shape[1] + _ROOM)  # see _ROOM
+        encode = self._encode if start > 1 else self.model.encode_into  # as in run
+        encode(_inference(ids), cache, start)
+
+    @torch.inference_mode()
+    def warm_up(self, rows: tuple[int, ...] = (1,)) -> float:
+        """Compile the encoder and the step for canvases of each number of ``rows`` (1: plain and clamped
+        canvases; more: several middle lengths) on a scratch cache; returns the seconds it took."""
+        model, began = self.model, time.perf_counter()
+        args, device = model.args, model.embed_tokens.weight.device
+        width, dtype = args.canvas_length, model.embed_tokens.weight.dtype
+        prompt = torch.zeros(1, args.sliding_window + 2, dtype=torch.long, device=device)
+        cache = KVCache(args, prompt.shape[1] + width, device=device, dtype=dtype)
+        for begin, end in ((0, 2), (2, prompt.shape[1])):  # from position 2: see run
+            self.encode(prompt[:, begin:end], cache, begin)
+        cache.extend(prompt[0])
+        generator = torch.Generator(device).manual_seed(0)
+        for n in rows:
+            canvas = torch.zeros(n, width, dtype=torch.long, device=device)
+            self.run(cache, canvas, None, None, torch.ones((), device=device), generator)
+        seconds = time.perf_counter() - began
+        log.info("compiled the denoising step and the encoder (inductor) in %.1f s", seconds)
+        return seconds
+
+
+def _inference(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` as an inference tensor: compiled code guards on the kind of tensor it was compiled for."""
+    if t is None or t.is_inference():
+        return t
+    with torch.inference_mode():
+        return t.clone()
