@@ -134,7 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from dgemma_lsp.kernels import use_triton
-    from dgemma_lsp.model.bench import BACKENDS, GRAPHS, TRITON, format_report, measure, setup
+    from dgemma_lsp.model.bench import BACKENDS, GRAPHS, INDUCTOR, TRITON, format_report, measure, setup
     from dgemma_lsp.model.checkpoint import ModelLoadError, resolve_device
 
     if args.threads:
@@ -144,6 +144,8 @@ def _bench(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         if "fast" in backends and use_triton(args.kernels or "auto", device):
             backends += (TRITON, GRAPHS) if device.type == "cuda" else (TRITON,)
+        if "fast" in backends and args.kernels == "inductor":
+            backends += (INDUCTOR,)
         s = setup(
             resolve_model_path(args.model, Options()),
             device=args.device,

@@ -31,6 +31,7 @@ from .load import from_hf_model, load_fast, quantize_experts, random_hf_model
 BACKENDS = ("reference", "fast")
 TRITON = "fast-triton"  # the fast model with the Triton kernels (the same module, switched per run)
 GRAPHS = "fast-graph"  # the Triton kernels with each denoising step replayed as a CUDA graph (CUDA only)
+INDUCTOR = "fast-inductor"  # the torch path compiled by torch.compile (compiled.py; for the CPU)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Setup:
     # Per fast backend, the document cache its completions run on, as a server's document slot: the
     # step graphs captured in it on the warm-up run are replayed by the measured ones.
     caches: dict[str, KVCache] = field(default_factory=dict)
+    compile_s: float | None = None  # the inductor backend's compile time (its warm-up)
 
 
 def _clock(device: torch.device) -> float:
@@ -92,10 +94,14 @@ def setup(
     if "reference" in backends:
         models["reference"] = load_checkpoint(model, device).model
     fast = load_fast(model, device, fp8_experts=fp8_experts)
-    for name in ("fast", TRITON, GRAPHS):
+    for name in ("fast", TRITON, GRAPHS, INDUCTOR):
         if name in backends:
             models[name] = fast.model
-    return Setup(models, fast.settings, fast.vocab_size, fast.canvas_length, resolved, str(fast.path))
+    s = Setup(models, fast.settings, fast.vocab_size, fast.canvas_length, resolved, str(fast.path))
+    if INDUCTOR in backends:  # compiled now, for plain canvases and batches of three (the lengths layout)
+        fast.model.use_kernels(False, inductor=True)
+        s.compile_s = fast.model.compiled_steps.warm_up(rows=(1, 3))
+    return s
 
 
 def _measure_once(
@@ -107,7 +113,9 @@ def _measure_once(
     )
     run = dict(max_new_tokens=canvas, settings=settings, generator=torch.Generator(device).manual_seed(seed))
     if isinstance(model, DGemma):
-        model.use_kernels(backend in (TRITON, GRAPHS), step_graphs=backend == GRAPHS)
+        model.use_kernels(
+            backend in (TRITON, GRAPHS), step_graphs=backend == GRAPHS, inductor=backend == INDUCTOR
+        )
         if backend not in s.caches:
             s.caches[backend] = KVCache(
                 model.args, prompt.numel() + canvas, device=device, dtype=model_dtype(model)
@@ -188,6 +196,8 @@ def measure(
         "repeats": repeats,
         "results": results,
     }
+    if s.compile_s is not None:
+        report["inductor_compile_s"] = s.compile_s
     keys = ("prefill_ms", "step_ms", "commit_ms", "completion_ms")
     report["speedup"] = {  # reference over each fast variant, and torch over Triton kernels
         f"{slow}/{fast}": {k: results[slow][k] / results[fast][k] for k in keys}
@@ -197,6 +207,8 @@ def measure(
             ("fast", TRITON),
             ("reference", GRAPHS),
             (TRITON, GRAPHS),
+            ("reference", INDUCTOR),
+            ("fast", INDUCTOR),
         )
         if slow in results and fast in results
     }
@@ -238,4 +250,8 @@ def format_report(report: dict[str, Any]) -> str:
         row = f"{key:20}" + "".join(f"{v:12.2f}" if v is not None else f"{'-':>12}" for v in values)
         row += "".join(f"{ratios[key]:19.2f}x" for ratios in report["speedup"].values() if key in ratios)
         lines.append(row)
+    if "inductor_compile_s" in report:
+        lines.append(
+            f"{INDUCTOR} compiled in {report['inductor_compile_s']:.1f} s (its warm-up, before the runs)"
+        )
     return "\n".join(lines)

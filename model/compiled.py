@@ -38,6 +38,9 @@ class InductorSteps:
 
     def __init__(self, model: DGemma) -> None:
         self.model = model  # made by DGemma.use_kernels
+        # Calls at earlier positions (a document's head) run eagerly, so that a sliding window never reaches
+        # past position 0 (DGemma._window) and dynamo never meets the starts 0 and 1 it compiles apart.
+        self.first = max(2, model.args.sliding_window)
         # Sizes equal to a weight's (the canvas width and a head dimension, say) must not share its
         # static size: one compile serves all widths.
         torch.fx.experimental._config.use_duck_shape = False
@@ -59,6 +62,7 @@ class InductorSteps:
         weight = model.embed_tokens.weight
         return hidden, vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
 
+    @torch.inference_mode()
     def run(
         self,
         cache: KVCache,
@@ -81,9 +85,10 @@ class InductorSteps:
             )
         noise = torch.empty(*canvas.shape, model.args.vocab_size, device=canvas.device)
         noise.exponential_(generator=generator)
-        step = self._step if start > 1 else self._forward  # dynamo compiles starts 0 and 1 apart: eager
+        step = self._step if start >= self.first else self._forward
         return step(*map(_inference, (canvas, soft, keys, noise, temp)), cache, start)
 
+    @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
         """``model.encode(ids, cache, start)``, compiled. One token is encoded with a second after it, so
         that its length is not the size 1 that dynamo compiles apart: causal attention hides the extra
@@ -91,7 +96,7 @@ class InductorSteps:
         # A fresh tensor: compiled code guards on strides and storage offsets too.
         ids = torch.cat([ids, ids], dim=1) if ids.shape[1] == 1 else ids.clone()
         cache.reserve(start + ids.shape[1] + _ROOM)  # see _ROOM
-        encode = self._encode if start > 1 else self.model.encode_into  # as in run
+        encode = self._encode if start >= self.first else self.model.encode_into
         encode(_inference(ids), cache, start)
 
     @torch.inference_mode()
@@ -101,9 +106,9 @@ class InductorSteps:
         model, began = self.model, time.perf_counter()
         args, device = model.args, model.embed_tokens.weight.device
         width, dtype = args.canvas_length, model.embed_tokens.weight.dtype
-        prompt = torch.zeros(1, args.sliding_window + 2, dtype=torch.long, device=device)
+        prompt = torch.zeros(1, self.first + 2, dtype=torch.long, device=device)
         cache = KVCache(args, prompt.shape[1] + width, device=device, dtype=dtype)
-        for begin, end in ((0, 2), (2, prompt.shape[1])):  # from position 2: see run
+        for begin, end in ((0, self.first), (self.first, prompt.shape[1])):  # eager, then compiled
             self.encode(prompt[:, begin:end], cache, begin)
         cache.extend(prompt[0])
         generator = torch.Generator(device).manual_seed(0)

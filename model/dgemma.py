@@ -435,12 +435,13 @@ class DGemma(nn.Module):
         return _rounded(self.args.dim**0.5, self.embed_tokens.weight.dtype)
 
     def _window(self, layer_type: str, start: int) -> tuple[int, int]:
-        # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W). Compiled,
-        # they read from 0 and the masks hide the rest: a max of the symbolic start would be a guard on
+        # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W). Compiled
+        # steps start at W or later (compiled.py): no max, which of the symbolic start would be a guard on
         # which side wins, and so a second compile.
-        if layer_type == SLIDING and not torch.compiler.is_compiling():
-            return (max(0, start - self.args.sliding_window + 1), start)
-        return (0, start)
+        if layer_type != SLIDING:
+            return (0, start)
+        lo = start - self.args.sliding_window + 1
+        return (lo if torch.compiler.is_compiling() else max(0, lo), start)
 
     def _run(
         self, x: torch.Tensor, cache: KVCache, start: int | torch.Tensor, masks: dict, encode: bool
@@ -543,8 +544,6 @@ class DGemma(nn.Module):
         """``decode_hidden`` at ``start`` in a cache that already has room (what compiled.py compiles)."""
         x = self.embed_tokens(canvas) * self.embed_scale
         x = self.self_conditioning(x, None if soft is None else soft * self.embed_scale)
-        if canvas_keys is None and torch.compiler.is_compiling():  # the sliding window is a mask (_window)
-            canvas_keys = torch.ones(canvas.shape, dtype=torch.bool, device=canvas.device)
         masks = {}
         if canvas_keys is not None:
             for t in self.rotary:
@@ -552,10 +551,7 @@ class DGemma(nn.Module):
                     masks[t] = canvas_keys
                     continue
                 lo = self._window(t, start)[0]
-                prefix = torch.arange(lo, start, device=canvas.device) > start - self.args.sliding_window
-                if t != SLIDING:
-                    prefix = torch.ones_like(prefix)
-                prefix = prefix.expand(canvas.shape[0], -1)
+                prefix = canvas_keys.new_ones(canvas.shape[0], start - lo)
                 masks[t] = torch.cat([prefix, canvas_keys], dim=1)[:, None, None, :]
         return self.norm(self._run(x, cache, start, masks, encode=False))
 
