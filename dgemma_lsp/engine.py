@@ -24,6 +24,7 @@ from typing import Any, Literal
 from dgemma_lsp.context import FimContext
 from dgemma_lsp.kernels import Kernels
 from dgemma_lsp.model.checkpoint import LoadedModel, ModelLoadError, load_checkpoint
+from dgemma_lsp.model.compiled import InductorSteps
 from dgemma_lsp.model.denoise import Cancelled
 from dgemma_lsp.model.infill import CanvasMode, Infiller
 from dgemma_lsp.model.load import load_fast
@@ -294,6 +295,9 @@ class Engine:
 
 def _warm_up(infiller: Infiller) -> None:
     """One short fill cut after a few decoder passes, so the first real request pays no first-call costs."""
+    compiled = getattr(infiller.loaded.model, "compiled_steps", None)
+    if isinstance(compiled, InductorSteps) and infiller.canvas_mode == "lengths":
+        compiled.warm_up(rows=(3,))  # a batch of canvases compiles apart from one (load_fast compiled that)
     passes = 0
 
     def enough() -> bool:
