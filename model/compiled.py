@@ -3,13 +3,16 @@
 A small model on the CPU is bound by per-op overhead, not arithmetic: a step of the tiny test checkpoint is
 hundreds of tensor ops of a few microseconds each. torch.compile (inductor's C++ backend) fuses them into a
 few loops. An ``InductorSteps`` compiles two functions of the model: one denoising step (decoder, vocabulary
-head and the step's statistics, ``kernels.reference.vocab_head``, the fused kernel's spec) and one encoder
-pass. Shapes are dynamic, so one compile serves every prefix length, document cache, canvas width and
-prompt length; dynamo still specialises sizes 0 and 1, so a masked canvas, a batch of canvases and a
-one-token re-encode are compiles of their own. ``warm_up`` makes them all ahead of the first request.
+head and the step's statistics, as fast._head_torch computes them) and one encoder pass. Shapes are dynamic,
+so one compile serves every prefix length, document cache, canvas width and prompt length. What would make
+dynamo compile again is kept from it: a plain canvas is passed as a masked one with every key visible, a
+one-token re-encode is padded to two, a document's first positions run eagerly (``first``), a cache keeps a
+position to spare (``_ROOM``), sliding windows are sliced without a max (DGemma._window). A batch of
+canvases (several middle lengths) is the one other compile. ``warm_up`` makes them before the first request.
 
-Every draw from the generator stays outside, in the order the eager step draws (the noise before the
-step, the renoise after), so a seed gives the eager torch path's tokens up to the fused loops' rounding.
+The generator's draws stay outside: the sampling noise is drawn on a worker thread while the compiled step
+runs (fast.Noise), the sample taken after it, the renoise after that, so a seed gives the eager torch path's
+tokens up to the fused loops' rounding.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import time
 
 import torch
 
-from dgemma_lsp.kernels.reference import VocabHead, vocab_head
+from dgemma_lsp.kernels.reference import VocabHead
 
+from . import sampler
 from .dgemma import DGemma
+from .fast import Noise, fed_back, softmax_entropy
 from .kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -52,15 +57,20 @@ class InductorSteps:
         canvas: torch.Tensor,
         soft: torch.Tensor,
         keys: torch.Tensor | None,
-        noise: torch.Tensor,
         temp: torch.Tensor,
         cache: KVCache,
         start: int,
-    ) -> tuple[torch.Tensor, VocabHead]:
+    ) -> tuple[torch.Tensor, torch.Tensor, VocabHead]:
+        """The hidden states, softmax(z) and the head's statistics but the sample (fast._head_torch's ops;
+        the sample needs the noise, drawn meanwhile)."""
         model = self.model
         hidden = model.decode_into(canvas, cache, soft, keys, start)
+        z = sampler.scale_logits(model.head(hidden), temp)
+        probs, token_entropy = softmax_entropy(z)
         weight = model.embed_tokens.weight
-        return hidden, vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+        soft_next = fed_back(z, probs, weight.dtype) @ weight
+        head = VocabHead(z.logsumexp(-1), token_entropy, z.argmax(-1), None, soft_next)
+        return hidden, probs, head
 
     @torch.inference_mode()
     def run(
@@ -83,10 +93,10 @@ class InductorSteps:
             soft = torch.zeros(
                 *canvas.shape, model.args.dim, dtype=model.embed_tokens.weight.dtype, device=canvas.device
             )
-        noise = torch.empty(*canvas.shape, model.args.vocab_size, device=canvas.device)
-        noise.exponential_(generator=generator)
+        noise = Noise((*canvas.shape, model.args.vocab_size), generator, canvas.device)
         step = self._step if start >= self.first else self._forward
-        return step(*map(_inference, (canvas, soft, keys, noise, temp)), cache, start)
+        hidden, probs, head = step(*map(_inference, (canvas, soft, keys, temp)), cache, start)
+        return hidden, head._replace(sample=(probs / noise.get()).argmax(-1))
 
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:

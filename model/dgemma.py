@@ -436,8 +436,8 @@ class DGemma(nn.Module):
 
     def _window(self, layer_type: str, start: int) -> tuple[int, int]:
         # Sliding layers read the last W-1 cached keys (the encoder then adds the query itself: W). Compiled
-        # steps start at W or later (compiled.py): no max, which of the symbolic start would be a guard on
-        # which side wins, and so a second compile.
+        # steps start at W or later (compiled.py), so they skip the max: on their symbolic start it would be
+        # a guard on which side wins, and so a second compile.
         if layer_type != SLIDING:
             return (0, start)
         lo = start - self.args.sliding_window + 1

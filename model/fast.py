@@ -15,10 +15,12 @@ Infilling modes (a canvas ``Layout``):
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -83,16 +85,54 @@ class Candidate:
     suffix_logprob: float
 
 
-def step_statistics(z: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """softmax(z), its entropy and one sample per position, sharing one softmax.
-
-    The sample is ``torch.multinomial(softmax(z), 1)`` op for op (exponential noise, p / q, argmax), so it
-    consumes the generator exactly like the reference, minus multinomial's validity check, which syncs.
+class Noise:
+    """One step's sampling noise, Exp(1) [..., V] from the shared generator, drawn while the forward pass
+    runs: on the CPU the draw (one op, an eighth of a small model's step) runs on a worker thread, beside
+    the forward, which needs nothing from it; ``get`` waits for it. The step's later draws (the renoise)
+    come after ``get``, so the generator is consumed in the inline order and a seed gives the same tokens.
     """
+
+    _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgemma-noise")
+
+    def __init__(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> None:
+        self.tensor = torch.empty(shape, device=device)
+        draw = functools.partial(self._draw, self.tensor, generator)
+        self._pending = self._worker.submit(draw) if device.type == "cpu" else None
+        if self._pending is None:  # queued on the device's stream: already asynchronous
+            draw()
+
+    @staticmethod
+    def _draw(tensor: torch.Tensor, generator: torch.Generator) -> None:
+        with torch.inference_mode():  # the mode is per thread
+            tensor.exponential_(generator=generator)
+
+    def get(self) -> torch.Tensor:
+        if self._pending is not None:
+            self._pending.result()
+        return self.tensor
+
+
+def softmax_entropy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(z) and its entropy per position, sharing one log-softmax."""
     log_p = z - z.logsumexp(dim=-1, keepdim=True)
     probs = log_p.exp()
-    token_entropy = -(probs * log_p).sum(-1)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return probs, -(probs * log_p).sum(-1)
+
+
+def fed_back(z: torch.Tensor, probs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The softmax fed back for self-conditioning: the reference computes it in the weight dtype (bf16 on
+    CUDA); ``probs`` = softmax(z) when that is z's."""
+    return probs if z.dtype == dtype else torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
+
+
+def step_statistics(z: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """softmax(z), its entropy and one sample per position, given Exp(1) ``noise`` shaped like z.
+
+    The sample is ``torch.multinomial(softmax(z), 1)`` op for op (exponential noise, p / q, argmax), so with
+    the noise drawn from the generator it consumes it exactly like the reference, minus multinomial's
+    validity check, which syncs.
+    """
+    probs, token_entropy = softmax_entropy(z)
     return probs, token_entropy, (probs / noise).argmax(dim=-1)
 
 
@@ -171,9 +211,10 @@ def _denoise_canvas(
             hidden, out = model.compiled_steps.run(cache, canvas, prev, keys, temps[t], generator)
             token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
         else:
+            noise = Noise((*canvas.shape, vocab), generator, device)
             hidden = model.decode_hidden(canvas, cache, prev, keys)
             head = _head_triton if model.triton else _head_torch
-            token_entropy, sampled, argmax, soft, log_z = head(model, hidden, temps[t], generator)
+            token_entropy, sampled, argmax, soft, log_z = head(model, hidden, temps[t], noise)
         if layout.plain:
             accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
             canvas = sampler.renoise(sampled, accepted, vocab, generator)
@@ -212,15 +253,10 @@ HeadOut = tuple[
 ]
 
 
-def _head_torch(
-    model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, generator: torch.Generator
-) -> HeadOut:
+def _head_torch(model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, noise: Noise) -> HeadOut:
     z = sampler.scale_logits(model.head(hidden), temp)
-    probs, token_entropy, sampled = step_statistics(z, generator)
-    # The reference feeds back softmax(z) computed in the weight dtype (bf16 on CUDA).
-    dtype = model_dtype(model)
-    if z.dtype != dtype:
-        probs = torch.softmax(z.to(dtype), -1, dtype=torch.float32).to(dtype)
+    probs, token_entropy, sampled = step_statistics(z, noise.get())
+    probs = fed_back(z, probs, model_dtype(model))
 
     def log_z(ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(z, dim=-1).gather(-1, ids[..., None])[..., 0]
@@ -228,17 +264,13 @@ def _head_torch(
     return token_entropy, sampled, torch.argmax(z, dim=-1), lambda: probs @ model.embed_tokens.weight, log_z
 
 
-def _head_triton(
-    model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, generator: torch.Generator
-) -> HeadOut:
-    """The fused vocabulary head. Its sampling noise is drawn from ``generator`` exactly as step_statistics
-    draws it, so a seed gives the same completion with either head."""
+def _head_triton(model: DGemma, hidden: torch.Tensor, temp: torch.Tensor, noise: Noise) -> HeadOut:
+    """The fused vocabulary head, on the same noise as the torch head: a seed gives the same completion
+    with either head."""
     from dgemma_lsp.kernels.vocab_head import vocab_head
 
     weight = model.embed_tokens.weight
-    noise = torch.empty((*hidden.shape[:-1], weight.shape[0]), device=hidden.device)
-    noise.exponential_(generator=generator)
-    out = vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise)
+    out = vocab_head(hidden, weight, temp, softcap=model.args.softcap, noise=noise.get())
     return _head_out(model, hidden, out, temp)
 
 

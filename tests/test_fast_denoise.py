@@ -112,7 +112,8 @@ def test_same_tokens_with_eos(reference: LoadedModel, fast: DGemma) -> None:
 
 def test_step_statistics_draw_like_multinomial() -> None:
     z = torch.randn(2, 32, 1024) * 5
-    probs, token_entropy, sampled = step_statistics(z, torch.Generator().manual_seed(9))
+    noise = torch.empty_like(z).exponential_(generator=torch.Generator().manual_seed(9))
+    probs, token_entropy, sampled = step_statistics(z, noise)
     assert torch.equal(sampled, sampler.sample(z, torch.Generator().manual_seed(9)))
     torch.testing.assert_close(token_entropy, sampler.entropy(z))
     torch.testing.assert_close(probs, torch.softmax(z, -1))
