@@ -100,14 +100,20 @@ class InductorSteps:
 
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
-        """``model.encode(ids, cache, start)``, compiled. One token is encoded with a second after it, so
-        that its length is not the size 1 that dynamo compiles apart: causal attention hides the extra
-        token from the real one, and its K/V land past the valid entries, where nothing reads them."""
+        """``model.encode(ids, cache, start)``: positions before ``first`` eagerly, the rest compiled. A
+        single token is encoded with a copy after it, so that its length is not the size 1 that dynamo
+        compiles apart: causal attention hides the copy from the real token, and its K/V land past the
+        valid entries, where nothing reads them."""
+        cache.reserve(start + ids.shape[1] + 1 + _ROOM)  # see _ROOM (and the padding)
+        if start < self.first:
+            head = min(ids.shape[1], self.first - start)
+            self.model.encode_into(ids[:, :head], cache, start)
+            ids, start = ids[:, head:], start + head
+            if ids.shape[1] == 0:
+                return
         # A fresh tensor: compiled code guards on strides and storage offsets too.
         ids = torch.cat([ids, ids], dim=1) if ids.shape[1] == 1 else ids.clone()
-        cache.reserve(start + ids.shape[1] + _ROOM)  # see _ROOM
-        encode = self._encode if start >= self.first else self.model.encode_into
-        encode(_inference(ids), cache, start)
+        self._encode(_inference(ids), cache, start)
 
     @torch.inference_mode()
     def warm_up(self, rows: tuple[int, ...] = (1,)) -> float:
@@ -118,8 +124,7 @@ class InductorSteps:
         width, dtype = args.canvas_length, model.embed_tokens.weight.dtype
         prompt = torch.zeros(1, self.first + 2, dtype=torch.long, device=device)
         cache = KVCache(args, prompt.shape[1] + width, device=device, dtype=dtype)
-        for begin, end in ((0, self.first), (self.first, prompt.shape[1])):  # eager, then compiled
-            self.encode(prompt[:, begin:end], cache, begin)
+        self.encode(prompt, cache, 0)  # eager up to ``first``, then compiled
         cache.extend(prompt[0])
         generator = torch.Generator(device).manual_seed(0)
         for n in rows:

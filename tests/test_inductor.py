@@ -85,9 +85,8 @@ def test_compiled_encoder_writes_the_eager_keys_and_values(models: tuple[LoadedM
             if m.model.compiled_steps is None:
                 m.model.encode(ids, cache, 0)
             else:
-                # Eager up to the sliding window, then compiled, the last token padded to two.
-                first = m.model.compiled_steps.first
-                for begin, end in ((0, first), (first, n - 1), (n - 1, n)):
+                # Eager up to the sliding window, then compiled; the last token padded to two.
+                for begin, end in ((0, n - 1), (n - 1, n)):
                     m.model.compiled_steps.encode(ids[:, begin:end], cache, begin)
                     cache.extend(ids[0, begin:end])  # (a cache that grows keeps only what it was told of)
         caches.append(cache)
