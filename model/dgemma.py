@@ -91,13 +91,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """SDPA with grouped K/V heads, scale 1. Above head dim 256 no fused kernel takes ``enable_gqa`` (with a
     mask, none does), so torch falls back to its fp32 math path (on an H200, 11 % of a 2k-prompt completion's
     GPU time); repeated K/V heads let the memory-efficient kernel take head dim 512."""
-    grouped = k.shape[1] != q.shape[1]
     if torch.compiler.is_compiling() and q.shape[0] > 1:
         # Written out: inductor's SDPA lowering fails on the strides of a batch of canvases (torch 2.13).
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = q @ k.transpose(-1, -2)
         return torch.softmax(scores if mask is None else scores.masked_fill(~mask, -math.inf), -1) @ v
+    grouped = k.shape[1] != q.shape[1]
     if grouped and q.shape[-1] > 256:
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)

@@ -15,7 +15,6 @@ Infilling modes (a canvas ``Layout``):
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections import OrderedDict
@@ -96,10 +95,11 @@ class Noise:
 
     def __init__(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> None:
         self.tensor = torch.empty(shape, device=device)
-        draw = functools.partial(self._draw, self.tensor, generator)
-        self._pending = self._worker.submit(draw) if device.type == "cpu" else None
-        if self._pending is None:  # queued on the device's stream: already asynchronous
-            draw()
+        self._pending = None
+        if device.type == "cpu":
+            self._pending = self._worker.submit(self._draw, self.tensor, generator)
+        else:  # queued on the device's stream: already asynchronous
+            self._draw(self.tensor, generator)
 
     @staticmethod
     def _draw(tensor: torch.Tensor, generator: torch.Generator) -> None:
