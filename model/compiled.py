@@ -49,8 +49,11 @@ class InductorSteps:
         # Sizes equal to a weight's (the canvas width and a head dimension, say) must not share its
         # static size: one compile serves all widths.
         torch.fx.experimental._config.use_duck_shape = False
-        self._step = torch.compile(self._forward, dynamic=True)
-        self._encode = torch.compile(model.encode_into, dynamic=True)
+        # Guards on the model's modules (their weights and attributes) are skipped: the weights are final
+        # before a step is compiled (DGemma.use_kernels), and checking them took a fifth of a tiny step.
+        options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+        self._step = torch.compile(self._forward, dynamic=True, options=options)
+        self._encode = torch.compile(model.encode_into, dynamic=True, options=options)
 
     def _forward(
         self,
