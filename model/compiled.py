@@ -2,31 +2,33 @@
 
 A small model on the CPU is bound by per-op overhead, not arithmetic: a step of the tiny test checkpoint is
 hundreds of tensor ops of a few microseconds each. torch.compile (inductor's C++ backend) fuses them into a
-few loops. An ``InductorSteps`` compiles two functions of the model: one denoising step (decoder, vocabulary
-head and the step's statistics, as fast._head_torch computes them) and one encoder pass. Shapes are dynamic,
-so one compile serves every prefix length, document cache, canvas width and prompt length. What would make
-dynamo compile again is kept from it: a plain canvas is passed as a masked one with every key visible, a
-one-token re-encode is padded to two, a document's first positions run eagerly (``first``), a cache keeps a
-position to spare (``_ROOM``), sliding windows are sliced without a max (DGemma._window). A batch of
-canvases (several middle lengths) is the one other compile. ``warm_up`` makes them before the first request.
+few loops. An ``InductorSteps`` compiles two functions of the model: one whole denoising step (decoder,
+vocabulary head as fast._head_torch computes it, the sample and the sampler's update) and one encoder pass.
+Shapes are dynamic, so one compile serves every prefix length, document cache, canvas width and prompt
+length. What would make dynamo compile again is kept from it: a plain canvas is passed as a masked one with
+every position free, a one-token re-encode is padded to two, a document's first positions run eagerly
+(``first``), a cache keeps a position to spare (``_ROOM``), sliding windows are sliced without a max
+(DGemma._window). A batch of canvases (several middle lengths) is the one other compile. ``warm_up`` makes
+them before the first request.
 
-The generator's draws stay outside: the sampling noise is drawn on a worker thread while the compiled step
-runs (fast.Noise), the sample taken after it, the renoise after that, so a seed gives the eager torch path's
-tokens up to the fused loops' rounding.
+The generator's draws are inputs: each step's are made a step ahead on a worker thread (fast.Draws), in the
+order the eager path draws them, so a seed gives the eager torch path's tokens up to the fused loops'
+rounding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
-from dgemma_lsp.kernels.reference import VocabHead
-
 from . import sampler
+from .denoise import Cancelled, SamplerSettings
 from .dgemma import DGemma
-from .fast import Noise, fed_back, softmax_entropy
+from .fast import CanvasResult, CanvasState, Draws, Layout, advance, fed_back, softmax_entropy, start_canvas
 from .kv_cache import KVCache
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,8 @@ _ROOM = 1
 
 
 class InductorSteps:
-    """A model's compiled step and encoder pass, with the interface of graphs.StepGraphs (``run``,
-    ``encode``), which the fast step loop calls instead of the eager model when the model has them."""
+    """A model's compiled step and encoder pass: the fast step loop hands a canvas to ``denoise_canvas`` and
+    encoder passes to ``encode`` when the model has them (DGemma.compiled_steps)."""
 
     def __init__(self, model: DGemma) -> None:
         self.model = model  # made by DGemma.use_kernels
@@ -57,49 +59,76 @@ class InductorSteps:
 
     def _forward(
         self,
-        canvas: torch.Tensor,
+        state: CanvasState,
         soft: torch.Tensor,
-        keys: torch.Tensor | None,
+        keys: torch.Tensor,
         temp: torch.Tensor,
+        draws: tuple[torch.Tensor, torch.Tensor],
+        masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        limits: tuple[torch.Tensor, torch.Tensor],
         cache: KVCache,
         start: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, VocabHead]:
-        """The hidden states, softmax(z) and the head's statistics but the sample (fast._head_torch's ops;
-        the sample needs the noise, drawn meanwhile)."""
+    ) -> tuple[CanvasState, torch.Tensor]:
+        """One whole denoising step: decoder, vocabulary head (fast._head_torch's ops), sample, and the
+        sampler's update (fast.advance, the layout's masks applied); returns the next state and the next
+        step's soft embedding."""
         model = self.model
-        hidden = model.decode_into(canvas, cache, soft, keys, start)
+        hidden = model.decode_into(state.canvas, cache, soft, keys, start)
         z = sampler.scale_logits(model.head(hidden), temp)
         probs, token_entropy = softmax_entropy(z)
+        noise, fresh = draws
+        sampled = (probs / noise).argmax(-1)
+        _, fixed, fixed_ids = masks
+        clamped = z.gather(-1, fixed_ids[..., None])[..., 0] - z.logsumexp(-1)
+        suffix_logprob = (clamped * fixed).sum(-1) / fixed.sum(-1).clamp(min=1)
         weight = model.embed_tokens.weight
         soft_next = fed_back(z, probs, weight.dtype) @ weight
-        head = VocabHead(z.logsumexp(-1), token_entropy, z.argmax(-1), None, soft_next)
-        return hidden, probs, head
+        state = advance(
+            state, token_entropy, sampled, z.argmax(-1), suffix_logprob, fresh, masks, *limits, plain=False
+        )
+        return state, soft_next
 
     @torch.inference_mode()
-    def run(
+    def denoise_canvas(
         self,
         cache: KVCache,
-        canvas: torch.Tensor,
-        soft: torch.Tensor | None,
-        keys: torch.Tensor | None,
-        temp: torch.Tensor,
+        layout: Layout,
+        settings: SamplerSettings,
         generator: torch.Generator,
-    ) -> tuple[torch.Tensor, VocabHead]:
-        """One denoising step for ``canvas`` [B, W] after the cache's valid entries: the final hidden states
-        and the head's statistics. ``soft`` None (the first step) is fed as zeros, whose self-conditioning
-        MLP is exactly zero: one compile serves both."""
+        temps: dict[int, torch.Tensor],
+        cancelled: Callable[[], bool],
+        on_step: Callable[[], None],
+    ) -> CanvasResult:
+        """fast._denoise_canvas with each step compiled whole. A plain canvas runs as a masked one with every
+        position free (one compile for both); the first step's soft embedding is zeros, whose
+        self-conditioning MLP is exactly zero. The draws are made a step ahead (fast.Draws), in the eager
+        path's order, so a seed gives its tokens up to the fused loops' rounding."""
         model, start = self.model, cache.length
-        cache.reserve(start + canvas.shape[1] + _ROOM)  # see _ROOM
-        if keys is None:  # a plain canvas as a masked one with every key visible: one compile for both
-            keys = torch.ones(canvas.shape, dtype=torch.bool, device=canvas.device)
-        if soft is None:
-            soft = torch.zeros(
-                *canvas.shape, model.args.dim, dtype=model.embed_tokens.weight.dtype, device=canvas.device
-            )
-        noise = Noise((*canvas.shape, model.args.vocab_size), generator, canvas.device)
+        args, device = model.args, cache.device
+        state, masks = start_canvas(layout, settings, args.vocab_size, generator, device)
+        free, fixed, _ = masks
+        width = free.shape[1]
+        cache.reserve(start + width + _ROOM)  # see _ROOM
+        soft = torch.zeros(*free.shape, args.dim, dtype=model.embed_tokens.weight.dtype, device=device)
+        # The thresholds as tensors: as Python floats they would be guarded on and compiled into the step.
+        limits = (torch.tensor(settings.entropy_bound), torch.tensor(settings.confidence_threshold))
         step = self._step if start >= self.first else self._forward
-        hidden, probs, head = step(*map(_inference, (canvas, soft, keys, temp)), cache, start)
-        return hidden, head._replace(sample=(probs / noise.get()).argmax(-1))
+        draws = Draws(tuple(free.shape), args.vocab_size, generator)
+        keys = free | fixed
+        steps = 0
+        try:
+            for t in range(settings.max_denoising_steps, 0, -1):
+                if cancelled():
+                    raise Cancelled()
+                temp = _inference(temps[t])
+                state, soft = step(state, soft, keys, temp, draws.next(), masks, limits, cache, start)
+                steps += 1
+                on_step()
+                if bool(state.done.all()):  # the one host sync per step
+                    break
+        finally:
+            draws.close()
+        return CanvasResult(state.final, state.mean_entropy, state.suffix_logprob, steps)
 
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, cache: KVCache, start: int) -> None:
@@ -119,20 +148,23 @@ class InductorSteps:
         self._encode(_inference(ids), cache, start)
 
     @torch.inference_mode()
-    def warm_up(self, rows: tuple[int, ...] = (1,)) -> float:
+    def warm_up(self, rows: tuple[int, ...] = (1,), settings: SamplerSettings | None = None) -> float:
         """Compile the encoder and the step for canvases of each number of ``rows`` (1: plain and clamped
-        canvases; more: several middle lengths) on a scratch cache; returns the seconds it took."""
+        canvases; more: several middle lengths) on a scratch cache; returns the seconds it took.
+        ``settings``: the checkpoint's (its stability threshold shapes the step's inputs)."""
         model, began = self.model, time.perf_counter()
         args, device = model.args, model.embed_tokens.weight.device
         width, dtype = args.canvas_length, model.embed_tokens.weight.dtype
+        settings = dataclasses.replace(settings or SamplerSettings(), max_denoising_steps=2)
         prompt = torch.zeros(1, self.first + 2, dtype=torch.long, device=device)
         cache = KVCache(args, prompt.shape[1] + width, device=device, dtype=dtype)
         self.encode(prompt, cache, 0)  # eager up to ``first``, then compiled
         cache.extend(prompt[0])
         generator = torch.Generator(device).manual_seed(0)
+        temps = {t: torch.ones((), device=device) for t in (1, 2)}
         for n in rows:
-            canvas = torch.zeros(n, width, dtype=torch.long, device=device)
-            self.run(cache, canvas, None, None, torch.ones((), device=device), generator)
+            layout = Layout(tuple(width - i for i in range(n)))
+            self.denoise_canvas(cache, layout, settings, generator, temps, lambda: False, lambda: None)
         seconds = time.perf_counter() - began
         log.info("compiled the denoising step and the encoder (inductor) in %.1f s", seconds)
         return seconds

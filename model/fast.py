@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -60,6 +61,17 @@ class Layout:
         ids = torch.tensor([*self.clamped, 0], device=device)  # the 0 pads rows past their suffix
         fixed_ids = torch.where(fixed, ids[(column - middle).clamp(0, len(self.clamped))], 0)
         return free, fixed, fixed_ids
+
+
+class CanvasState(NamedTuple):
+    """What the step loop carries from one step to the next (tensors only: compiled steps take it whole)."""
+
+    canvas: torch.Tensor  # [B, W] the ids the next step denoises
+    history: torch.Tensor  # the last steps' argmaxes, for the stability test
+    done: torch.Tensor  # [B] rows that passed the stop test
+    final: torch.Tensor  # [B, W] each row's argmax at the step it stopped (or the last step)
+    mean_entropy: torch.Tensor  # [B] over the free positions, at that step
+    suffix_logprob: torch.Tensor  # [B] mean log-probability of the clamped ids (0 without any)
 
 
 @dataclass
@@ -112,6 +124,37 @@ class Noise:
         return self.tensor
 
 
+class Draws:
+    """Each step's draws from the shared generator, in the reference's order (Exp(1) noise [B, W, V] for the
+    sample, then uniform ids [B, W] for the renoise), made one step ahead on the worker thread, so that a
+    compiled step can take them as inputs while the next step's are drawn beside it. The loop's last
+    prefetch goes unused: ``close`` rolls the generator back to before it, so the generator ends where the
+    inline draws leave it and the next canvas starts from the same state."""
+
+    def __init__(self, shape: tuple[int, int], vocab: int, generator: torch.Generator) -> None:
+        self.shape, self.vocab, self.generator = shape, vocab, generator
+        self._submit()
+
+    def _submit(self) -> None:
+        self._before = self.generator.get_state()  # the worker is idle: nothing is drawing
+        self._pending = Noise._worker.submit(self._draw)
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():  # the mode is per thread
+            noise = torch.empty(*self.shape, self.vocab).exponential_(generator=self.generator)
+            return noise, sampler.random_canvas(self.shape, self.vocab, self.generator, noise.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's (noise, fresh ids); the next step's start drawing."""
+        drawn = self._pending.result()
+        self._submit()
+        return drawn
+
+    def close(self) -> None:
+        self._pending.result()
+        self.generator.set_state(self._before)
+
+
 def softmax_entropy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(z) and its entropy per position, sharing one log-softmax."""
     log_p = z - z.logsumexp(dim=-1, keepdim=True)
@@ -157,6 +200,57 @@ def stop_free(
     return stop, history, mean
 
 
+def start_canvas(
+    layout: Layout, settings: SamplerSettings, vocab: int, generator: torch.Generator, device: torch.device
+) -> tuple[CanvasState, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first step's state (a uniform random canvas, the clamped ids written in) and the layout's masks."""
+    masks = free, fixed, fixed_ids = layout.masks(device)
+    canvas = sampler.random_canvas(tuple(free.shape), vocab, generator, device)
+    if not layout.plain:
+        canvas = torch.where(fixed, fixed_ids, canvas)
+    rows = free.shape[0]
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    history = sampler.new_history(settings.stability_threshold, canvas)
+    # No tensor twice: compiled code guards on aliasing, and later steps' states have none.
+    zeros = torch.zeros(2, rows, device=device)
+    return CanvasState(canvas, history, done, canvas.clone(), zeros[0], zeros[1]), masks
+
+
+def advance(
+    state: CanvasState,
+    token_entropy: torch.Tensor,
+    sampled: torch.Tensor,
+    argmax: torch.Tensor,
+    suffix_logprob: torch.Tensor | None,
+    fresh: torch.Tensor,
+    masks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    bound: float | torch.Tensor,
+    threshold: float | torch.Tensor,
+    plain: bool,
+) -> CanvasState:
+    """The sampler's update after one step: accept by the entropy bound, renoise the rest with the ``fresh``
+    uniform ids, run the stop test; rows that stopped before keep their result. ``plain``: one canvas of
+    free positions, tested exactly as the reference backend does; else the layout's masks apply."""
+    free, fixed, fixed_ids = masks
+    if plain:
+        accepted = sampler.accept_mask(token_entropy, bound)
+        canvas = torch.where(accepted, sampled, fresh)
+        stop, history = sampler.stop_test(argmax, state.history, token_entropy, threshold)
+        step_entropy = token_entropy.mean(-1)
+    else:
+        accepted = accept_free(token_entropy, free, bound)
+        canvas = torch.where(fixed, fixed_ids, torch.where(accepted, sampled, fresh))
+        stop, history, step_entropy = stop_free(argmax, state.history, token_entropy, free, threshold)
+    done = state.done
+    final = torch.where(done[:, None], state.final, argmax)
+    mean_entropy = torch.where(done, state.mean_entropy, step_entropy)
+    if suffix_logprob is not None:
+        suffix_logprob = torch.where(done, state.suffix_logprob, suffix_logprob)
+    else:
+        suffix_logprob = state.suffix_logprob
+    return CanvasState(canvas, history, done | stop, final, mean_entropy, suffix_logprob)
+
+
 def encode(model: DGemma, ids: torch.Tensor, cache: KVCache, start: int) -> None:
     """``model.encode``, compiled when the model's steps are."""
     if model.compiled_steps is not None:
@@ -189,56 +283,49 @@ def _denoise_canvas(
     cancelled: Callable[[], bool],
     on_step: Callable[[], None],
 ) -> CanvasResult:
+    from .compiled import InductorSteps  # (it builds on this module)
+
+    compiled = model.compiled_steps
+    if isinstance(compiled, InductorSteps):  # the whole step compiled, sampler included
+        return compiled.denoise_canvas(cache, layout, settings, generator, temps, cancelled, on_step)
     device = cache.device
     vocab = model.args.vocab_size
-    free, fixed, fixed_ids = layout.masks(device)
-    rows = free.shape[0]
-    canvas = sampler.random_canvas(tuple(free.shape), vocab, generator, device)
-    if not layout.plain:
-        canvas = torch.where(fixed, fixed_ids, canvas)
+    state, masks = start_canvas(layout, settings, vocab, generator, device)
+    free, fixed, fixed_ids = masks
     keys = None if layout.plain else free | fixed
-    history = sampler.new_history(settings.stability_threshold, canvas)
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
-    final = canvas
-    mean_entropy = suffix_logprob = torch.zeros(rows, device=device)
     soft: Callable[[], torch.Tensor] | None = None  # self-conditioning: softmax of the last step's z, times E
     steps = 0
     for t in range(settings.max_denoising_steps, 0, -1):
         if cancelled():
             raise Cancelled()
         prev = None if soft is None else soft()
-        if model.compiled_steps is not None:  # decoder and head as one CUDA graph or inductor's loops
-            hidden, out = model.compiled_steps.run(cache, canvas, prev, keys, temps[t], generator)
+        if compiled is not None:  # decoder and head as one CUDA graph
+            hidden, out = compiled.run(cache, state.canvas, prev, keys, temps[t], generator)
             token_entropy, sampled, argmax, soft, log_z = _head_out(model, hidden, out, temps[t])
         else:
-            noise = Noise((*canvas.shape, vocab), generator, device)
-            hidden = model.decode_hidden(canvas, cache, prev, keys)
+            noise = Noise((*free.shape, vocab), generator, device)
+            hidden = model.decode_hidden(state.canvas, cache, prev, keys)
             head = _head_triton if model.triton else _head_torch
             token_entropy, sampled, argmax, soft, log_z = head(model, hidden, temps[t], noise)
-        if layout.plain:
-            accepted = sampler.accept_mask(token_entropy, settings.entropy_bound)
-            canvas = sampler.renoise(sampled, accepted, vocab, generator)
-            stop, history = sampler.stop_test(argmax, history, token_entropy, settings.confidence_threshold)
-            step_entropy = token_entropy.mean(-1)
-        else:
-            accepted = accept_free(token_entropy, free, settings.entropy_bound)
-            canvas = torch.where(fixed, fixed_ids, sampler.renoise(sampled, accepted, vocab, generator))
-            stop, history, step_entropy = stop_free(
-                argmax, history, token_entropy, free, settings.confidence_threshold
-            )
-        # Rows that stopped keep their result; the others take this step's.
-        keep = done[:, None]
-        final = torch.where(keep, final, argmax)
-        mean_entropy = torch.where(done, mean_entropy, step_entropy)
-        if layout.clamped:
-            logprob = (log_z(fixed_ids) * fixed).sum(-1) / fixed.sum(-1)
-            suffix_logprob = torch.where(done, suffix_logprob, logprob)
-        done = done | stop
+        fresh = sampler.random_canvas(tuple(free.shape), vocab, generator, device)  # the renoise draw
+        logprob = (log_z(fixed_ids) * fixed).sum(-1) / fixed.sum(-1) if layout.clamped else None
+        state = advance(
+            state,
+            token_entropy,
+            sampled,
+            argmax,
+            logprob,
+            fresh,
+            masks,
+            settings.entropy_bound,
+            settings.confidence_threshold,
+            plain=layout.plain,
+        )
         steps += 1
         on_step()
-        if bool(done.all()):  # the one host sync per step
+        if bool(state.done.all()):  # the one host sync per step
             break
-    return CanvasResult(final, mean_entropy, suffix_logprob, steps)
+    return CanvasResult(state.final, state.mean_entropy, state.suffix_logprob, steps)
 
 
 # A step's vocabulary statistics from the final hidden states: token entropy [B, W], sample and argmax ids,

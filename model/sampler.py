@@ -57,6 +57,10 @@ def accept_mask(token_entropy: torch.Tensor, entropy_bound: float) -> torch.Tens
     cumulative = torch.cumsum(sorted_h, dim=-1)
     # In ascending order sorted_h is the running maximum, so this is "sum - max <= bound".
     sorted_accept = cumulative - sorted_h <= entropy_bound
+    if torch.compiler.is_compiling():
+        # The same mask through the inverse permutation: inductor (torch 2.13, CPU) miscompiles this
+        # scatter inside a whole compiled step with a batch of canvases.
+        return sorted_accept.gather(-1, order.argsort(dim=-1))
     return torch.scatter(input=torch.zeros_like(sorted_accept), dim=-1, index=order, src=sorted_accept)
 
 
