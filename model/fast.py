@@ -211,9 +211,10 @@ def start_canvas(
     rows = free.shape[0]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     history = sampler.new_history(settings.stability_threshold, canvas)
-    # No tensor twice: compiled code guards on aliasing, and later steps' states have none.
-    zeros = torch.zeros(2, rows, device=device)
-    return CanvasState(canvas, history, done, canvas.clone(), zeros[0], zeros[1]), masks
+    # No tensor twice, nor views of one: compiled code guards on aliasing and storage offsets, and later
+    # steps' states have neither.
+    mean_entropy, suffix_logprob = (torch.zeros(rows, device=device) for _ in range(2))
+    return CanvasState(canvas, history, done, canvas.clone(), mean_entropy, suffix_logprob), masks
 
 
 def advance(
