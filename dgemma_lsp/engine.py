@@ -297,7 +297,8 @@ def _warm_up(infiller: Infiller) -> None:
     """One short fill cut after a few decoder passes, so the first real request pays no first-call costs."""
     compiled = getattr(infiller.loaded.model, "compiled_steps", None)
     if isinstance(compiled, InductorSteps) and infiller.canvas_mode == "lengths":
-        compiled.warm_up(rows=(3,))  # a batch of canvases compiles apart from one (load_fast compiled that)
+        # A batch of canvases compiles apart from one (load_fast compiled that).
+        compiled.warm_up(rows=(3,), settings=infiller.loaded.settings)
     passes = 0
 
     def enough() -> bool:

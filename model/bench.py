@@ -100,7 +100,7 @@ def setup(
     s = Setup(models, fast.settings, fast.vocab_size, fast.canvas_length, resolved, str(fast.path))
     if INDUCTOR in backends:  # compiled now, for plain canvases and batches of three (the lengths layout)
         fast.model.use_kernels(False, inductor=True)
-        s.compile_s = fast.model.compiled_steps.warm_up(rows=(1, 3))
+        s.compile_s = fast.model.compiled_steps.warm_up(rows=(1, 3), settings=fast.settings)
     return s
 
 

@@ -18,6 +18,7 @@ from dgemma_lsp.kernels import Kernels, use_triton
 
 from .checkpoint import LoadedModel, ModelLoadError, open_checkpoint, read_safetensors_header
 from .config import ModelArgs
+from .denoise import SamplerSettings
 from .dgemma import DGemma
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def use_step_graphs(triton: bool, device: torch.device) -> bool:
     return triton and device.type == "cuda" and os.environ.get(GRAPHS_ENV, "1") != "0"
 
 
-def compile_steps(model: DGemma, device: torch.device) -> None:
+def compile_steps(model: DGemma, device: torch.device, settings: SamplerSettings) -> None:
     """kernels=inductor: compile the torch path's step and encoder (compiled.py) now, before the first
     request; where that fails (no C++ compiler, say) the torch path runs uncompiled, with a warning."""
     if device.type != "cpu":
@@ -143,7 +144,7 @@ def compile_steps(model: DGemma, device: torch.device) -> None:
         return
     model.use_kernels(False, inductor=True)
     try:
-        model.compiled_steps.warm_up()
+        model.compiled_steps.warm_up(settings=settings)
     except Exception as exc:
         log.warning("could not compile the denoising step (%s): using the torch kernels", exc)
         model.use_kernels(False)
@@ -174,7 +175,7 @@ def load_fast(
         triton = use_triton(kernels, checked.device)
         model.use_kernels(triton, step_graphs=use_step_graphs(triton, checked.device))
         if kernels == "inductor":
-            compile_steps(model, checked.device)
+            compile_steps(model, checked.device, checked.settings)
     except ModelLoadError:
         raise
     except torch.OutOfMemoryError as exc:

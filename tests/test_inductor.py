@@ -25,7 +25,7 @@ def models(tiny_checkpoint: Path) -> tuple[LoadedModel, LoadedModel]:
     eager = load_fast(tiny_checkpoint, device="cpu", kernels="torch")
     compiled = load_fast(tiny_checkpoint, device="cpu", kernels="inductor")  # compiles plain canvases
     assert compiled.model.compiled_steps is not None, "the step did not compile (is a C++ compiler there?)"
-    compiled.model.compiled_steps.warm_up(rows=(3,))  # and batches of canvases
+    compiled.model.compiled_steps.warm_up(rows=(3,), settings=compiled.settings)  # and batches of canvases
     return eager, compiled
 
 
