@@ -237,18 +237,25 @@ def format_report(report: dict[str, Any]) -> str:
         "lengths_step_ms",
     )
     names = list(report["results"])
+    # Columns as wide as the longest name (fast-inductor, reference/fast-inductor) plus a space.
+    width = max([12, *(len(n) + 1 for n in names)])
+    ratio_width = max([20, *(len(p) + 1 for p in report["speedup"])])
     lines = [
         f"{report['source']} on {report['device']} ({report['dtype']}, {report['threads']} threads, torch "
         f"{report['torch']}): prompt {report['prompt_tokens']} tokens, canvas {report['canvas_length']}, "
         f"{report['max_denoising_steps']} steps, median of {report['repeats']}",
-        f"{'':20}" + "".join(f"{n:>12}" for n in names) + "".join(f"{p:>20}" for p in report["speedup"]),
+        f"{'':20}"
+        + "".join(f"{n:>{width}}" for n in names)
+        + "".join(f"{p:>{ratio_width}}" for p in report["speedup"]),
     ]
     for key in keys:
         values = [report["results"][n].get(key) for n in names]
         if all(v is None for v in values):
             continue
-        row = f"{key:20}" + "".join(f"{v:12.2f}" if v is not None else f"{'-':>12}" for v in values)
-        row += "".join(f"{ratios[key]:19.2f}x" for ratios in report["speedup"].values() if key in ratios)
+        row = f"{key:20}" + "".join(f"{v:{width}.2f}" if v is not None else f"{'-':>{width}}" for v in values)
+        row += "".join(
+            f"{ratios[key]:{ratio_width - 1}.2f}x" for ratios in report["speedup"].values() if key in ratios
+        )
         lines.append(row)
     if "inductor_compile_s" in report:
         lines.append(
