@@ -587,6 +587,7 @@ class DGemma(nn.Module):
 
     @property
     def compiled_steps(self) -> Any:
-        """What the fast step loop runs instead of the eager model (graphs.StepGraphs or
-        compiled.InductorSteps: both have ``run`` and ``encode``), or None when off."""
+        """What the fast step loop runs instead of the eager model, or None when off: graphs.StepGraphs
+        (``run`` for one step, ``encode``) or compiled.InductorSteps (``denoise_canvas`` for a whole
+        canvas, ``encode``)."""
         return self._compiled_on

@@ -125,9 +125,9 @@ class Noise:
 
 
 class Draws:
-    """Each step's draws from the shared generator, in the reference's order (Exp(1) noise [B, W, V] for the
-    sample, then uniform ids [B, W] for the renoise), made one step ahead on the worker thread, so that a
-    compiled step can take them as inputs while the next step's are drawn beside it. The loop's last
+    """Each step's draws from the shared (CPU) generator, in the reference's order (Exp(1) noise [B, W, V]
+    for the sample, then uniform ids [B, W] for the renoise), made one step ahead on the worker thread, so
+    that a compiled step can take them as inputs while the next step's are drawn beside it. The loop's last
     prefetch goes unused: ``close`` rolls the generator back to before it, so the generator ends where the
     inline draws leave it and the next canvas starts from the same state."""
 
