@@ -302,7 +302,8 @@ def _replay(args: argparse.Namespace) -> int:
         for s in summaries:
             p50, p95 = (f"{s[k]:.0f}" if s[k] is not None else "-" for k in ("p50_ms", "p95_ms"))
             print(
-                f"{s['name']:<14} requests {s['requests']:>4}  p50 {p50:>6} ms  p95 {p95:>6} ms  "
+                f"{s['name']:<14} ready {s['ready_s']:5.1f} s  requests {s['requests']:>4}  "
+                f"p50 {p50:>6} ms  p95 {p95:>6} ms  "
                 f"cancelled {100 * (s['cancelled_fraction'] or 0):.0f}%  accepted {s['accepted']}  "
                 f"cache hits {s['cache_hit_rate']}  steps/completion {s['steps_per_completion']}"
             )

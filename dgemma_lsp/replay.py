@@ -5,6 +5,8 @@ cancels superseded requests): every keystroke is a didChange, an automatic reque
 longer than the debounce, an invoked request ends each edit site, half of the non-empty invoked
 suggestions are accepted, some keystrokes are typos fixed with backspace, and the cursor jumps between
 sites. Each configuration is a set of initializationOptions; the script is the same for both (seeded).
+Typing starts once the server says its model is loaded (`dgemma/status`), so that a configuration that
+loads slowly (compiling, say) is timed apart (`ready_s`) instead of inside its first requests.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
 from dgemma_lsp.context import language_for
+from dgemma_lsp.server import STATUS
 
 DEBOUNCE_S = 0.2  # Neovim's fixed inline-completion debounce
+READY_TIMEOUT_S = 600.0  # the longest a model may take to load (a cold compile, a large checkpoint)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class RunReport:
     samples: list[Sample] = field(default_factory=list)
     accepted: int = 0
     stats: dict[str, Any] | None = None  # the server's dgemma/stats, when it has that request
+    ready_s: float | None = None  # from initialize until the server left the loading state
 
     def summary(self) -> dict[str, Any]:
         n = len(self.samples)
@@ -67,6 +72,7 @@ class RunReport:
         return {
             "name": self.name,
             "options": self.options,
+            "ready_s": self.ready_s,
             "requests": n,
             "p50_ms": pct(0.50),
             "p95_ms": pct(0.95),
@@ -117,8 +123,14 @@ class Replayer:
         self.options = options
         self.client = LanguageClient("dgemma-replay", "1")
         self.pending: set[asyncio.Task[str]] = set()
+        self.loaded = asyncio.Event()  # the server's state is past "loading" (ready, busy or error)
         self.client.feature(types.WINDOW_LOG_MESSAGE)(lambda params: None)
         self.client.feature(types.WINDOW_SHOW_MESSAGE)(lambda params: None)
+
+        @self.client.feature(STATUS)
+        def status(params: Any) -> None:
+            if getattr(params, "state", None) != "loading":
+                self.loaded.set()
 
     async def __aenter__(self) -> Replayer:
         await self.client.start_io(*self.server)
@@ -176,6 +188,9 @@ class Replayer:
         )
 
     async def run(self, report: RunReport, files: list[Path], sites: int, seed: int) -> None:
+        began = time.perf_counter()
+        await asyncio.wait_for(self.loaded.wait(), READY_TIMEOUT_S)
+        report.ready_s = time.perf_counter() - began
         rng = random.Random(seed)
         for path in files:
             text = path.read_text(encoding="utf-8")

@@ -38,6 +38,7 @@ def test_replay_reports_both_configurations(tiny_checkpoint: Path, capsys) -> No
     assert (a["name"], b["name"]) == ("a", "b")
     for run in (a, b):
         assert run["requests"] >= 1 and run["errors"] == 0
+        assert run["ready_s"] >= 0  # typing began once the model was loaded
         assert run["options"]["maxDenoisingSteps"] in (2, 4)
         assert run["invoked_p50_ms"] is None or run["invoked_p50_ms"] > 0
         assert run["server_stats"]["requests"] >= run["requests"]  # the server's own count, keys intact
