@@ -14,6 +14,7 @@ from dgemma_lsp.model.denoise import Cancelled, SamplerSettings, denoise
 from dgemma_lsp.model.dgemma import DGemma
 from dgemma_lsp.model.fast import (
     CacheSlots,
+    Draws,
     Layout,
     accept_free,
     denoise_fast,
@@ -117,6 +118,21 @@ def test_step_statistics_draw_like_multinomial() -> None:
     assert torch.equal(sampled, sampler.sample(z, torch.Generator().manual_seed(9)))
     torch.testing.assert_close(token_entropy, sampler.entropy(z))
     torch.testing.assert_close(probs, torch.softmax(z, -1))
+
+
+@pytest.mark.parametrize("taken", [1, 3])
+def test_draws_come_a_step_ahead_in_the_inline_order(taken: int) -> None:
+    """The compiled step's draws: each step's noise then renoise ids, as the eager loop draws them; after
+    ``close`` the generator stands where the inline draws of the steps taken leave it."""
+    shape, vocab = (2, 8), 50
+    inline, ahead = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    draws = Draws(shape, vocab, ahead)
+    for _ in range(taken):
+        noise, fresh = draws.next()
+        assert torch.equal(noise, torch.empty(*shape, vocab).exponential_(generator=inline))
+        assert torch.equal(fresh, sampler.random_canvas(shape, vocab, inline, torch.device("cpu")))
+    draws.close()  # one step's draws were made ahead and never taken
+    assert torch.equal(ahead.get_state(), inline.get_state())
 
 
 def test_cancel_is_checked_before_every_pass(fast: DGemma) -> None:
