@@ -361,6 +361,19 @@ class Examples:
 # --- training -------------------------------------------------------------------------------------------
 
 
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap
+
+
+def head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    """Cross-entropy of the soft-capped vocabulary head."""
+    logits = softcap(F.linear(hidden, weight).float(), cap)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+HEAD_LOSS = torch.compile(head_loss, dynamic=False)
+
+
 def diffusion_loss(
     model: DiffusionGemmaForBlockDiffusion, batch: Batch, generator: torch.Generator
 ) -> torch.Tensor:
@@ -371,22 +384,31 @@ def diffusion_loss(
     noised = (torch.rand(b, c, generator=generator, device=canvas.device) < t) & batch.scored
     noisy = torch.where(noised, noise, canvas)
     self_cond = torch.rand(b, generator=generator, device=canvas.device) < 0.5
+    # The prompt is encoded once: both decoder passes read the same cache (the decoder never writes it).
+    encoded = model.model.encoder(input_ids=batch.prompt)
+
+    def canvas_logits(sc_logits: torch.Tensor | None) -> torch.Tensor:
+        hidden = model.model.decoder(
+            decoder_input_ids=noisy,
+            cache=encoded.cache,
+            self_conditioning_logits=sc_logits,
+            self_conditioning_mask=self_cond if sc_logits is not None else None,
+        ).last_hidden_state
+        return softcap(model.lm_head(hidden).float(), model.final_logit_softcapping)
+
     sc_logits = None
     if self_cond.any():  # first pass without self-conditioning; its logits condition the second
         with torch.no_grad():
-            sc_logits = model(input_ids=batch.prompt, decoder_input_ids=noisy).logits
-    out = model(
-        input_ids=batch.prompt,
-        decoder_input_ids=noisy,
-        self_conditioning_logits=sc_logits,
-        self_conditioning_mask=self_cond if sc_logits is not None else None,
-    )
-    canvas_loss = F.cross_entropy(out.logits[batch.scored], canvas[batch.scored])
+            sc_logits = canvas_logits(None)
+    logits = canvas_logits(sc_logits)
+    canvas_loss = F.cross_entropy(logits[batch.scored], canvas[batch.scored])
     # The encoder's own next-token loss on the prompt (the reference trains it too).
-    hidden = out.encoder_last_hidden_state[:, :-1]
-    ar_logits = model.lm_head(hidden).float()
-    ar_logits = torch.tanh(ar_logits / 30.0) * 30.0
-    ar_loss = F.cross_entropy(ar_logits.reshape(-1, vocab), batch.prompt[:, 1:].reshape(-1))
+    ar_loss = HEAD_LOSS(
+        encoded.last_hidden_state[:, :-1],
+        model.lm_head.weight,
+        batch.prompt[:, 1:],
+        model.final_logit_softcapping,
+    )
     return canvas_loss + 0.5 * ar_loss
 
 
