@@ -20,7 +20,6 @@ the FIM ones with the suffix clamped into the canvas after the middle (clean, no
 from __future__ import annotations
 
 import argparse
-import bisect
 import gzip
 import hashlib
 import importlib.metadata as metadata
@@ -31,6 +30,7 @@ import re
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,59 +283,71 @@ class Batch:
 
 
 class Examples:
-    """Fixed-shape examples cut from the tokenized training files (no padding in the prompt).
+    """Fixed-shape examples cut from the training files (no padding in the prompt).
 
-    FIM middles are the rest of a line, whole lines or random spans, up to three canvases long. A middle
+    FIM middles are cut at characters, where an editor's cursor falls, and prefix, middle and suffix are
+    tokenized apart, as the server tokenizes them: cut out of a whole file's tokens, a middle would always
+    start on a token boundary of the file (after "\n   ", say), so the model would never see the prompt of
+    a cursor at the start of an indented line, which ends in a lone "\n".
+    Middles are the rest of a line, whole lines or random spans, up to three canvases long. A middle
     longer than one canvas is trained one block at a time, the blocks before it written after
     <|fim_middle|> in the prompt, as block diffusion sees them at inference.
     """
 
     def __init__(
         self,
-        files: list[list[int]],
+        texts: list[str],
         size: Size,
         ids: dict[str, int],
-        newline_ids: set[int],
+        encode: Callable[[str], list[int]],
         rng: random.Random,
     ) -> None:
-        self.files = [f for f in files if len(f) > size.prompt + size.canvas]
-        self.size, self.ids, self.rng = size, ids, rng
-        if not self.files:
+        tokens = [encode(t) for t in texts]
+        long_enough = [i for i, f in enumerate(tokens) if len(f) > size.prompt + size.canvas]
+        if not long_enough:
             raise ValueError("no training file is long enough for one example")
-        # Where each file's lines end: positions of tokens that contain a newline.
-        self.line_ends = [[i for i, t in enumerate(f) if t in newline_ids] for f in self.files]
+        self.texts = [texts[i] for i in long_enough]
+        self.files = [tokens[i] for i in long_enough]
+        self.size, self.ids, self.encode, self.rng = size, ids, encode, rng
 
-    def _middle(self, index: int) -> tuple[int, int]:
-        """[start, end) of a middle in file ``index``: the rest of a line, whole lines or a random span."""
-        s, rng, tokens, ends = self.size, self.rng, self.files[index], self.line_ends[index]
-        longest = min(3 * s.canvas, s.prompt // 2) - 1
-        start = rng.randrange(1, len(tokens) - longest)
+    def _middle(self, text: str) -> tuple[int, int, list[int]]:
+        """[start, end) characters of a middle and its tokens: the rest of a line, whole lines or a span."""
+        rng, longest = self.rng, min(3 * self.size.canvas, self.size.prompt // 2) - 1
+        start = rng.randrange(1, len(text))
+        line_end = text.find("\n", start) % (len(text) + 1)  # the end of the text when no newline follows
         kind = rng.random()
-        if ends and kind < 0.6:
-            at = bisect.bisect_left(ends, start)
-            if kind < 0.35 and at < len(ends):  # from the cursor to the end of its line
-                return start, min(ends[at], start + longest)
-            if at + 1 < len(ends):  # whole lines: after one newline up to and including a later one
-                last = min(len(ends) - 1, at + rng.randint(1, 4))
-                return ends[at] + 1, min(ends[last] + 1, ends[at] + 1 + longest)
-        length = rng.choice([rng.randint(1, 8), rng.randint(1, s.canvas - 1), rng.randint(1, longest)])
-        return start, start + length
+        if kind < 0.35:  # from the cursor to the end of its line (possibly nothing)
+            end = line_end
+        elif kind < 0.6 and line_end < len(text):  # whole lines: from a line's start through a later newline
+            start = end = line_end + 1
+            for _ in range(rng.randint(1, 4)):
+                end = text.find("\n", end) % (len(text) + 1) + 1
+        else:
+            end = start + rng.choice([rng.randint(1, 24), rng.randint(1, 96), rng.randint(1, 320)])
+        middle = self.encode(text[start:end])
+        if len(middle) > longest:  # too long for three canvases: a short span instead
+            end = start + rng.randint(1, 16)
+            middle = self.encode(text[start:end])
+        return start, end, middle
 
     def one(self) -> tuple[list[int], list[int], list[bool]]:
         s, ids, rng = self.size, self.ids, self.rng
         index = rng.randrange(len(self.files))
-        tokens = self.files[index]
         if rng.random() < 0.25:  # plain continuation: prompt, then the next canvas of tokens
+            tokens = self.files[index]
             start = rng.randrange(len(tokens) - s.prompt - s.canvas)
             window = tokens[start : start + s.prompt + s.canvas]
             return window[: s.prompt], window[s.prompt :], [True] * s.canvas
-        start, end = self._middle(index)
-        middle = [*tokens[start:end], ids[EOS]]
+        text = self.texts[index]
+        start, end, middle = self._middle(text)
+        middle = [*middle, ids[EOS]]
         block = rng.randrange((len(middle) + s.canvas - 1) // s.canvas)
         done, canvas = middle[: block * s.canvas], middle[block * s.canvas : (block + 1) * s.canvas]
         budget = s.prompt - 4 - len(done)
-        prefix = tokens[max(0, start - rng.randint(budget // 4, budget)) : start]
-        suffix = tokens[end : end + budget - len(prefix)]
+        reach = 8 * budget  # characters: enough for a budget of tokens
+        prefix = self.encode(text[max(0, start - reach) : start])
+        prefix = prefix[len(prefix) - min(len(prefix), rng.randint(budget // 4, budget)) :]
+        suffix = self.encode(text[end : end + reach])[: budget - len(prefix)]
         pad = [ids[PAD]] * (budget - len(prefix) - len(suffix))  # rare: short file
         # Suffix first (SPM), so the code just before the cursor sits next to the canvas, in the sliding
         # layers' window.
@@ -500,9 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = train_tokenizer(train_texts, size.vocab)
         tokenizer.save_pretrained(tokenizer_dir)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
-    encoded = [tokenizer.encode(t, add_special_tokens=False) for t in train_texts]
-    newline_ids = {i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])}
-    examples = Examples(encoded, size, ids, newline_ids, rng)
+    # Code is data: a sentinel spelled out in a file is text, as the server tokenizes it.
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # noqa: E731
+    examples = Examples(train_texts, size, ids, encode, rng)
 
     if args.init is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)

@@ -67,32 +67,69 @@ def test_licence_filter(licence: str, allowed: bool) -> None:
     assert permissive(licence) is allowed
 
 
+IDS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
+CODE = "".join(
+    f"def f{i}(x):\n    if x > {i}:\n        return x - {i}\n    return {i}\n\n" for i in range(40)
+)
+
+
 def test_examples_have_fixed_shapes_and_fim_layout() -> None:
     import random
 
     size = SIZES["toy"]
-    ids = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
-    newline = 6  # every 7th token ends a line
-    tokens = [newline if i % 7 == 0 else i for i in range(7, 400)]
-    examples = Examples([tokens], size, ids, {newline}, random.Random(0))
+    encode = lambda text: [ord(c) for c in text]  # noqa: E731 -- one token per character, all above the ids
+    examples = Examples([CODE], size, IDS, encode, random.Random(0))
+    rows = [examples.one() for _ in range(400)]
     batch = examples.batch(256, torch.device("cpu"))
     assert batch.prompt.shape == (256, size.prompt) and batch.canvas.shape == (256, size.canvas)
-    fim = (batch.prompt == 5).any(dim=1)
-    assert fim.any() and (~fim).any()  # both FIM and plain continuation examples
-    middle_at = (batch.prompt[fim] == 5).int().argmax(dim=1)
-    assert (batch.prompt[fim] == 5).sum(dim=1).eq(1).all()
-    suffix_at, prefix_at = ((batch.prompt[fim] == s).int().argmax(dim=1) for s in (4, 3))
-    assert (suffix_at < prefix_at).all() and (prefix_at < middle_at).all()  # suffix first (SPM)
-    # One-block middles: the prompt's last code token is the one just before the middle in the file.
-    last, first = batch.prompt[fim][:, -2], batch.canvas[fim][:, 0]
-    one_block = (middle_at == size.prompt - 1) & (first > newline) & (last > newline)
-    assert one_block.any() and (last[one_block] == first[one_block] - 1).all()
-    assert (middle_at == size.prompt - 1).any() and (middle_at < size.prompt - 1).any()  # later blocks
-    assert (batch.canvas[fim] == 1).any(dim=1).any()  # middles end in EOS
-    assert (~batch.scored).any()  # some canvases carry a clamped suffix that is not scored
-    # A rest-of-line middle stops right before a newline token: some FIM canvases hold no newline.
-    line_ends = batch.canvas[fim] == newline
-    assert (~line_ends.any(dim=1)).any() and line_ends.any(dim=1).any()
+    fim = [(p, c, s) for p, c, s in rows if 5 in p]
+    assert fim and len(fim) < len(rows)  # both FIM and plain continuation examples
+    text = lambda ids: "".join(map(chr, ids))  # noqa: E731
+    kinds = set()
+    for prompt, canvas, scored in fim:
+        assert len(prompt) == size.prompt and len(canvas) == len(scored) == size.canvas
+        suffix_at, prefix_at, middle_at = prompt.index(4), prompt.index(3), prompt.index(5)
+        assert suffix_at < prefix_at < middle_at  # suffix first (SPM)
+        if middle_at < size.prompt - 1:
+            kinds.add("later block")
+            continue
+        prefix, suffix = text(prompt[prefix_at + 1 : middle_at]), text(prompt[suffix_at + 1 : prefix_at])
+        if 1 not in canvas:  # the first block of a longer middle
+            kinds.add("first block")
+            assert prefix + text(canvas) in CODE
+            continue
+        # A middle in one block ends in EOS, and prefix + middle + suffix is the file's text.
+        middle = text(canvas[: canvas.index(1)])
+        assert prefix + middle + suffix in CODE
+        if not all(scored):
+            kinds.add("clamped")
+            assert text(canvas[-scored.count(False) :]) == suffix[: scored.count(False)]
+        if middle and "\n" not in middle and suffix.startswith("\n"):
+            kinds.add("rest of line")
+        if prefix.endswith("\n") and middle.startswith("    ") and middle.endswith("\n"):
+            kinds.add("whole indented lines")
+    assert kinds == {"first block", "later block", "clamped", "rest of line", "whole indented lines"}
+
+
+def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens(tmp_path: Path) -> None:
+    """With a real BPE, "\n" and the next line's indentation are one token of the file; a cursor at the
+    start of an indented line still gets a prompt ending in a lone "\n", as the server builds it."""
+    import random
+
+    from dgemma_lsp.model.train import train_tokenizer
+
+    tokenizer = train_tokenizer([CODE] * 4, SIZES["toy"].vocab)
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    assert "\n   " in {tokenizer.decode([i]) for i in encode(CODE)}  # a merge the old cut could not undo
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in IDS}
+    examples = Examples([CODE], SIZES["toy"], ids, encode, random.Random(0))
+    newline = encode("\n")
+    line_starts = 0
+    for _ in range(300):
+        prompt, canvas, _ = examples.one()
+        if prompt[-1] == ids["<|fim_middle|>"] and prompt[-2:-1] == newline:
+            line_starts += tokenizer.decode(canvas[:1]).startswith(" ")
+    assert line_starts > 10
 
 
 def test_train_resume_and_load(tmp_path: Path) -> None:
