@@ -12,6 +12,7 @@ from dgemma_lsp.evaluate import edit_similarity, exact_match, read_tasks
 DATA = Path(__file__).parent / "data" / "eval"
 HUMANEVAL = DATA / "humaneval_infilling_demo.jsonl"
 FIM = DATA / "santacoder_fim_demo.jsonl"
+SINGLE_LINE = DATA / "single_line_tasks.jsonl"
 
 
 def completions_file(path: Path, rows: dict[str, str]) -> Path:
@@ -40,6 +41,23 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(tmp_path: Path, capsys) ->
     assert results["Demo/3"]["passed"] is False and "AssertionError" in results["Demo/3"]["sandbox"]
     assert summary["parses"] < 1.0  # an empty function body does not parse
     assert set(summary["by_length"]) == {"single-line", "2-4 lines"}
+
+
+def test_single_line_tasks_are_current_and_each_line_is_needed(tmp_path: Path, capsys) -> None:
+    """The project's own single-line tasks: the file is what its script writes, every cut line passes with
+    its canonical line in place, and almost none without it (the floor an empty middle sets)."""
+    import runpy
+
+    rows = runpy.run_path(str(DATA / "single_line_tasks.py"))["tasks"]()
+    assert [json.loads(line) for line in SINGLE_LINE.read_text().splitlines()] == rows
+    assert len(rows) > 100 and all(r["canonical_solution"].count("\n") == 1 for r in rows)
+    tasks = read_tasks(SINGLE_LINE)
+    right = completions_file(tmp_path / "right.jsonl", {t.task_id: t.canonical_solution for t in tasks})
+    assert main(["eval", str(SINGLE_LINE), "--from-completions", str(right), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pass@1"] == 1.0
+    empty = completions_file(tmp_path / "empty.jsonl", {t.task_id: "" for t in tasks})
+    assert main(["eval", str(SINGLE_LINE), "--from-completions", str(empty), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pass@1"] < 0.02
 
 
 def test_gzip_task_files_and_limit_every(tmp_path: Path, capsys) -> None:
