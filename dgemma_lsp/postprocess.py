@@ -46,8 +46,15 @@ def finish(
     `indentation` defaults to what the context's text uses; `max_lines` caps block middles.
     """
     text = raw.replace("\r\n", "\n")
+    eol = "\r\n" if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix else "\n"
     if ctx.scope == "line":
-        return _finish_line(text.split("\n", 1)[0], ctx)
+        first, newline, _ = text.partition("\n")
+        found = _finish_line(first, ctx)
+        if found and newline and not found.replace and not ctx.line_prefix.strip():
+            # The cursor is at the start of a line in front of code, and the model wrote a whole line:
+            # it goes in as a new line above, and the existing line keeps its indentation.
+            return Suggestion(found.text + eol + ctx.line_prefix)
+        return found
     lines = _cut_block(text.split("\n"), ctx)
     if max_lines is not None:
         lines = lines[:max_lines]
@@ -56,9 +63,7 @@ def finish(
     if not text.strip() or _is_stuck(text):
         return None
     text = reindent(text, indentation or detect_indentation(ctx.prefix + ctx.suffix), ctx.line_prefix)
-    if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix:
-        text = text.replace("\n", "\r\n")
-    return Suggestion(text)
+    return Suggestion(text.replace("\n", eol))
 
 
 def finish_middle(raw: str, ctx: FimContext) -> str:

@@ -43,6 +43,45 @@ def test_line_scope_keeps_the_first_line_only() -> None:
 
 
 @pytest.mark.parametrize(
+    "source, raw, expected",
+    [
+        # HumanEval-Infilling's single-line tasks: the cursor at column 0 in front of the next line.
+        (
+            "def f(x):\n<|cursor|>    return y\n",
+            "    y = x + 1\n",
+            "def f(x):\n    y = x + 1\n    return y\n",
+        ),
+        (
+            "def f(x):\n<|cursor|>    return y\n",
+            "    y = x + 1\n    return y",
+            "def f(x):\n    y = x + 1\n    return y\n",
+        ),
+        # In the indentation: the existing line gets its indentation back.
+        (
+            "def f(x):\n    <|cursor|>return y\n",
+            "y = x + 1\n    return y",
+            "def f(x):\n    y = x + 1\n    return y\n",
+        ),
+        (
+            "def f(x):\r\n<|cursor|>    return y\r\n",
+            "    y = x\r\n",
+            "def f(x):\r\n    y = x\r\n    return y\r\n",
+        ),
+    ],
+)
+def test_a_whole_line_in_front_of_code_goes_in_as_a_new_line(source: str, raw: str, expected: str) -> None:
+    found = finish(raw, context(source, "python"))
+    assert found is not None and filled(source, "python", found) == expected
+    assert syntax_errors(expected, "python") == 0
+
+
+def test_a_line_start_middle_without_a_newline_stays_on_the_line() -> None:
+    ctx = context("total = <|cursor|>\n", "python")
+    assert finish_middle("1\n", ctx) == "1"  # not at a line start: the newline is not the middle's
+    assert finish_middle("not_", context("<|cursor|>done = True\n", "python")) == "not_"
+
+
+@pytest.mark.parametrize(
     "source, language, raw, expected",
     [
         # An auto-pair plugin typed the `)`; the model closes it itself: replace it, never `f(total))`.
