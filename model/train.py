@@ -346,7 +346,7 @@ class Examples:
         budget = s.prompt - 4 - len(done)
         reach = 8 * budget  # characters: enough for a budget of tokens
         prefix = self.encode(text[max(0, start - reach) : start])
-        prefix = prefix[len(prefix) - min(len(prefix), rng.randint(budget // 4, budget)) :]
+        prefix = prefix[max(0, len(prefix) - rng.randint(budget // 4, budget)) :]
         suffix = self.encode(text[end : end + reach])[: budget - len(prefix)]
         pad = [ids[PAD]] * (budget - len(prefix) - len(suffix))  # rare: short file
         # Suffix first (SPM), so the code just before the cursor sits next to the canvas, in the sliding
