@@ -153,10 +153,14 @@ def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
     below = _next_line(ctx)
     if below and lines[0].strip() == below.strip():
         return []
+    limit = ctx.block_indent
+    if limit is None and indent_width(ctx.line_prefix + lines[0]) > 0:
+        # At top level (the end of a file, say) a middle that starts indented continues the body above it.
+        limit = indent_width(ctx.line_prefix + lines[0]) - 1
     kept = [lines[0]]
     for line in lines[1:]:
         if line.strip():
-            if ctx.block_indent is not None and indent_width(line) <= ctx.block_indent:
+            if limit is not None and indent_width(line) <= limit:
                 break  # dedented past the block that holds the cursor: its scope has ended
             if line.strip() == below.strip() and indent_width(line) == indent_width(below):
                 break  # the code after the cursor starts here

@@ -178,6 +178,32 @@ def test_python_block_stops_where_the_function_ends() -> None:
 C_BODY = "int add(int a, int b) {\n    <|cursor|>\n}\n\nint main(void) { return add(1, 2); }\n"
 
 
+@pytest.mark.parametrize(
+    "source, raw, expected",
+    [
+        # At the end of a file: an indented middle continues the function and ends where it dedents.
+        (
+            "def f(n):\n    total = n\n<|cursor|>",
+            "    return total\n\n\ndef g():\n    pass\n",
+            "    return total",
+        ),
+        (
+            "def f(n):\n    total = n\n<|cursor|>",
+            "    if total:\n        total += 1\n    return total\nprint(f(1))\n",
+            "    if total:\n        total += 1\n    return total",
+        ),
+        # A top-level middle goes on at top level.
+        ("x = 1\n<|cursor|>", "y = 2\nz = 3\n", "y = 2\nz = 3"),
+    ],
+)
+def test_a_top_level_middle_that_starts_indented_ends_at_its_dedent(
+    source: str, raw: str, expected: str
+) -> None:
+    ctx = context(source, "python")
+    assert ctx.scope == "block" and ctx.block_indent is None
+    assert finish_middle(raw, ctx) == expected
+
+
 def test_brace_block_stops_before_the_closing_brace() -> None:
     ctx = context(C_BODY, "c")
     assert ctx.scope == "block"
