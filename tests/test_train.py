@@ -22,6 +22,7 @@ from dgemma_lsp.model.train import (
     main,
     permissive,
     split_heldout,
+    train_tokenizer,
 )
 
 
@@ -111,12 +112,10 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
     assert kinds == {"first block", "later block", "clamped", "rest of line", "whole indented lines"}
 
 
-def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens(tmp_path: Path) -> None:
+def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens() -> None:
     """With a real BPE, "\n" and the next line's indentation are one token of the file; a cursor at the
     start of an indented line still gets a prompt ending in a lone "\n", as the server builds it."""
     import random
-
-    from dgemma_lsp.model.train import train_tokenizer
 
     tokenizer = train_tokenizer([CODE] * 4, SIZES["toy"].vocab)
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
