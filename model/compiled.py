@@ -148,14 +148,14 @@ class InductorSteps:
         self._encode(_inference(ids), cache, start)
 
     @torch.inference_mode()
-    def warm_up(self, rows: tuple[int, ...] = (1,), settings: SamplerSettings | None = None) -> float:
+    def warm_up(self, rows: tuple[int, ...] = (1,), *, settings: SamplerSettings) -> float:
         """Compile the encoder and the step for canvases of each number of ``rows`` (1: plain and clamped
         canvases; more: several middle lengths) on a scratch cache; returns the seconds it took.
         ``settings``: the checkpoint's (its stability threshold shapes the step's inputs)."""
         model, began = self.model, time.perf_counter()
         args, device = model.args, model.embed_tokens.weight.device
         width, dtype = args.canvas_length, model.embed_tokens.weight.dtype
-        settings = dataclasses.replace(settings or SamplerSettings(), max_denoising_steps=2)
+        settings = dataclasses.replace(settings, max_denoising_steps=2)
         prompt = torch.zeros(1, self.first + 2, dtype=torch.long, device=device)
         cache = KVCache(args, prompt.shape[1] + width, device=device, dtype=dtype)
         self.encode(prompt, cache, 0)  # eager up to ``first``, then compiled
