@@ -5,6 +5,7 @@
 Real shapes: one canvas of 256 rows, vocab 262144, hidden 2816, bf16 (DiffusionGemma-26B-A4B). FLOPs are the
 two GEMMs (logits and soft embedding, 4 R V d); bytes are the compulsory traffic: E read twice, hidden read,
 soft written. Both are reported against a measured peak (a large bf16 matmul, a large tensor copy).
+``triton`` is the default launch (GEMMs by cuBLAS), ``fused_gemm`` the one with the GEMMs in the kernels.
 On the CPU (TRITON_INTERPRET=1, --small) it is only a smoke run.
 """
 
@@ -23,7 +24,7 @@ from dgemma_lsp.kernels.utils import (
     time_ms,
     triton_usable,
 )
-from dgemma_lsp.kernels.vocab_head import vocab_head
+from dgemma_lsp.kernels.vocab_head import fused_gemm_config, vocab_head
 
 REAL = {"rows": 256, "vocab": 262144, "dim": 2816}
 SMALL = {"rows": 7, "vocab": 1000, "dim": 48}
@@ -63,6 +64,7 @@ def _report(result: dict) -> str:
             f"({result[f'{name}_pct_peak_flops']:5.1f} %)  {result[f'{name}_gbps']:8.1f} GB/s "
             f"({result[f'{name}_pct_peak_bw']:5.1f} %)"
         )
+    lines.append(f"  GEMMs in Triton too: {result['fused_gemm_ms']:.3f} ms")
     lines.append(
         f"  speedup {result['speedup']:.2f}x; |lse err| {result['lse_max_abs_err']:.2g}, |entropy err| "
         f"{result['entropy_max_abs_err']:.2g}, argmax agreement {result['argmax_agreement']:.3f}"
@@ -85,6 +87,10 @@ def run(device: torch.device | str, small: bool) -> dict:
     def fused() -> object:
         return vocab_head(hidden, weight, temperature, softcap=SOFTCAP, seed=0)
 
+    def fused_gemm() -> object:  # the GEMMs inside the kernels too
+        launch = fused_gemm_config(rows, dtype, device)
+        return vocab_head(hidden, weight, temperature, softcap=SOFTCAP, seed=0, launch=launch)
+
     # Sanity before timing: the statistics agree (the samples use different noise, so they are not compared).
     want, got = torch_tail(hidden, weight, temperature, generator), fused()
     lse_err = float((got.lse - want[0]).abs().max())
@@ -93,6 +99,7 @@ def run(device: torch.device | str, small: bool) -> dict:
 
     torch_ms = time_ms(lambda: torch_tail(hidden, weight, temperature, generator), device)
     triton_ms = time_ms(fused, device)
+    fused_gemm_ms = time_ms(fused_gemm, device)
     peaks = {"peak_gbps": peak_copy_gbps(device, small), "peak_tflops": peak_matmul_tflops(device, small)}
     flops = 4 * rows * vocab * dim
     nbytes = (2 * vocab * dim + 2 * rows * dim) * weight.element_size()
@@ -105,6 +112,7 @@ def run(device: torch.device | str, small: bool) -> dict:
         "torch_ms": torch_ms,
         "triton_ms": triton_ms,
         "speedup": torch_ms / triton_ms,
+        "fused_gemm_ms": fused_gemm_ms,
         "flops": flops,
         "bytes": nbytes,
         "lse_max_abs_err": lse_err,

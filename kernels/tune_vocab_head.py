@@ -4,8 +4,9 @@
     python -m dgemma_lsp.kernels.tune_vocab_head --json FILE [--budget-s 170]                  # CUDA
     TRITON_INTERPRET=1 python -m dgemma_lsp.kernels.tune_vocab_head --device cpu --small --json FILE
 
-Three greedy phases from the current configuration: the statistics kernel's tiles with warps and stages,
-then the soft-embedding kernel's tiles, then the number of programs. Every configuration must give the same
+Greedy phases from the current configuration (GEMMs by cuBLAS): the statistics pass's tiles and warps, the
+softmax pass's tiles, the number of programs; last, the GEMMs inside the kernels with their own best tiles
+(``vocab_head.fused_gemm_config``). Every configuration must give the same
 argmax and log-sum-exp as the current one before it is timed; one that does not fit the GPU is recorded
 with its error. The budget stops the sweep early (each configuration compiles two kernels).
 """
@@ -21,20 +22,20 @@ import torch
 
 from dgemma_lsp.kernels.bench_vocab_head import REAL, SMALL, TEMPERATURE
 from dgemma_lsp.kernels.utils import device_name, time_ms, tune_main
-from dgemma_lsp.kernels.vocab_head import _launch_config, vocab_head
+from dgemma_lsp.kernels.vocab_head import _launch_config, fused_gemm_config, vocab_head
 
 
-def _phases(small: bool, sms: int) -> list[list[dict[str, int]]]:
+def _phases(small: bool, sms: int, fused_gemm: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Candidate changes per phase, applied to the best configuration found so far."""
     if small:  # a smoke run: a few configurations the interpreter gets through quickly
-        return [[{"stats_v": 32}, {"stats_d": 16}], [{"soft_v": 32}], [{"programs": 2}]]
+        return [[{"stats_v": 32}, {"block_r": 16}], [{"soft_v": 32}], [{"programs": 2}], [fused_gemm]]
     stats = [
-        {"block_r": r, "stats_v": v, "stats_d": d, "warps": 8, "stages": stages}
-        for r, v, d, stages in itertools.product((64, 128, 256), (64, 128, 256), (64, 128), (3, 4))
-        if r * v <= 128 * 256  # larger accumulators spill
+        {"block_r": r, "stats_v": v, "warps": warps}
+        for r, v, warps in itertools.product((8, 16, 32, 64), (128, 256, 512, 1024), (4, 8))
+        if r * v <= 16384  # larger tiles spill
     ]
-    soft = [{"soft_v": v, "soft_d": d} for v, d in itertools.product((32, 64, 128), (64, 128, 256))]
-    return [stats, soft, [{"programs": n * sms} for n in (1, 2, 4, 8)]]
+    soft = [{"soft_v": v} for v in (256, 512, 1024, 2048, 4096)]
+    return [stats, soft, [{"programs": n * sms} for n in (1, 2, 4, 8)], [fused_gemm]]
 
 
 def run(device: torch.device, small: bool, budget_s: float) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def run(device: torch.device, small: bool, budget_s: float) -> dict[str, Any]:
         return row.get("ms", float("inf"))
 
     best, best_ms = dict(current), measure(current)
-    for phase in _phases(small, sms):
+    for phase in _phases(small, sms, fused_gemm_config(rows, dtype, device)):
         for change in phase:
             cfg = {**best, **change}
             if cfg == best or time.perf_counter() > deadline:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -69,7 +70,8 @@ def _vocab_stats_kernel(
     best_ptr, best_idx_ptr, draw_ptr, draw_idx_ptr,  # [splits, R] fp32 / int64
     n_rows, vocab, dim, tiles_per_split, temp_value, softcap, seed,
     HAS_CAP: tl.constexpr, TEMP_IN_MEMORY: tl.constexpr, NOISE_IN_MEMORY: tl.constexpr,
-    STORE_Z: tl.constexpr, ROUND_Z: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+    LOGITS_IN_MEMORY: tl.constexpr, STORE_Z: tl.constexpr, ROUND_Z: tl.constexpr,
+    PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_r = tl.program_id(0)
@@ -99,21 +101,29 @@ def _vocab_stats_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)  # [BLOCK_V]
         col_ok = cols < v_end
         cols64 = cols.to(tl.int64)
-        acc = tl.zeros([BLOCK_R, BLOCK_V], tl.float32)
-        for k0 in range(0, dim, BLOCK_D):
-            ks = k0 + tl.arange(0, BLOCK_D)
-            k_ok = ks < dim
-            h = tl.load(  # [BLOCK_R, BLOCK_D]
-                h_ptr + rows64[:, None] * dim + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
-            )
-            e = tl.load(  # [BLOCK_V, BLOCK_D]
-                e_ptr + cols64[:, None] * dim + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
-            )
-            if INTERPRETED:  # its tl.dot multiplies 16-bit floats as raw bits; fp32 products are exact
-                h, e = h.to(tl.float32), e.to(tl.float32)
-            acc = tl.dot(h, tl.trans(e), acc, input_precision=PRECISION)
-        # Round the GEMM output to w first, as F.linear in dtype w does, then cap and scale in fp32.
-        logits = _round_w(acc, w_ty, INTERPRETED)  # [BLOCK_R, BLOCK_V]
+        offs = rows64[:, None] * vocab + cols64[None, :]  # [BLOCK_R, BLOCK_V]
+        if LOGITS_IN_MEMORY:  # F.linear's output, already in w; z overwrites it below
+            logits = tl.load(z_ptr + offs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_R, BLOCK_V], tl.float32)
+            for k0 in range(0, dim, BLOCK_D):
+                ks = k0 + tl.arange(0, BLOCK_D)
+                k_ok = ks < dim
+                h = tl.load(  # [BLOCK_R, BLOCK_D]
+                    h_ptr + rows64[:, None] * dim + ks[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                e = tl.load(  # [BLOCK_V, BLOCK_D]
+                    e_ptr + cols64[:, None] * dim + ks[None, :],
+                    mask=col_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                if INTERPRETED:  # its tl.dot multiplies 16-bit floats as raw bits; fp32 products are exact
+                    h, e = h.to(tl.float32), e.to(tl.float32)
+                acc = tl.dot(h, tl.trans(e), acc, input_precision=PRECISION)
+            # Round the GEMM output to w first, as F.linear in dtype w does, then cap and scale in fp32.
+            logits = _round_w(acc, w_ty, INTERPRETED)  # [BLOCK_R, BLOCK_V]
         if HAS_CAP:
             logits = _tanh(logits / softcap) * softcap
         z = tl.where(col_ok[None, :], logits / temp, -float("inf"))
@@ -133,7 +143,6 @@ def _vocab_stats_kernel(
         best_idx = tl.where(better, tile_idx + v0, best_idx)
 
         # argmax(softmax(z) / noise) = argmax(z - log noise), noise ~ Exp(1); in-kernel: -log(u), u ~ U[0, 1).
-        offs = rows64[:, None] * vocab + cols64[None, :]  # [BLOCK_R, BLOCK_V]
         if NOISE_IN_MEMORY:
             noise = tl.load(noise_ptr + offs, mask=row_ok[:, None] & col_ok[None, :], other=1.0)
         else:
@@ -208,6 +217,23 @@ def _soft_embedding_kernel(
     tl.store(out_ptr + out, acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit
+def _softmax_in_place_kernel(
+    z_ptr, lse_ptr,  # [R, V] w, [R] fp32
+    n_rows, vocab,
+    INTERPRETED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+):  # fmt: skip
+    """z -> exp(z - lse) rounded to w, in place: the left operand of the soft embedding's GEMM."""
+    w_ty = z_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ok = (rows < n_rows)[:, None] & (cols < vocab)[None, :]
+    offs = rows.to(tl.int64)[:, None] * vocab + cols[None, :]
+    lse = tl.load(lse_ptr + rows, mask=rows < n_rows, other=0.0)
+    z = tl.load(z_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(z_ptr + offs, _round_w(tl.exp(z - lse[:, None]), w_ty, INTERPRETED).to(w_ty), mask=ok)
+
+
 def _splits(tiles: int, row_blocks: int, target_programs: int) -> tuple[int, int]:
     """(splits, tiles per split): row_blocks * splits near target_programs, and no split empty."""
     splits = max(1, min(tiles, math.ceil(target_programs / row_blocks)))
@@ -215,24 +241,42 @@ def _splits(tiles: int, row_blocks: int, target_programs: int) -> tuple[int, int
     return math.ceil(tiles / per_split), per_split
 
 
-def _launch_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict[str, int]:
-    # CUDA: the best of a sweep on an H200 at the real shapes (kernels/results/h200/sweep_vocab.json), 3.8 ms
-    # per call against 4.5 ms for the first guess (64-row blocks, 128 x 64 stats tiles); the interpreter
-    # wants few, small programs.
+def _launch_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict[str, int | str]:
+    """``gemm`` "torch": both GEMMs by F.linear / matmul (cuBLAS), the statistics and the softmax as passes
+    over the logits in w; "triton": both GEMMs inside the kernels (``stats_d``, ``soft_d``: their K tiles)."""
+    # CUDA: a first guess for the passes over the logits (memory-bound); the interpreter wants few, small
+    # programs.
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         return {
-            "block_r": block_size(min(rows, 128), 128),
-            "stats_v": 64,
-            "stats_d": 128,
-            "soft_v": 64,
-            "soft_d": 128,
+            "gemm": "torch",
+            "block_r": block_size(min(rows, 16), 16),
+            "stats_v": 256,
+            "soft_v": 1024,
             "programs": 4 * sms,
-            "warps": 8,
-            "stages": 3 if dtype != torch.float32 else 2,  # fp32 tiles take twice the shared memory
+            "warps": 4,
+            "stages": 2,
         }
     block_r = block_size(min(rows, 32), 32)
-    return {"block_r": block_r, "stats_v": 64, "stats_d": 32, "soft_v": 64, "soft_d": 32, "programs": 4}
+    return {"gemm": "torch", "block_r": block_r, "stats_v": 64, "soft_v": 64, "programs": 4}
+
+
+def fused_gemm_config(rows: int, dtype: torch.dtype, device: torch.device) -> dict[str, int | str]:
+    """The launch configuration with both GEMMs inside the kernels. CUDA: the best of a sweep on an H200 at
+    the real shapes (kernels/results/h200/sweep_vocab.json), 3.8 ms per call, 29 % of the measured
+    matmul peak."""
+    if device.type == "cuda":
+        stages = 3 if dtype != torch.float32 else 2  # fp32 tiles take twice the shared memory
+        tiles = {"block_r": block_size(min(rows, 128), 128), "stats_d": 128, "soft_d": 128, "stages": stages}
+        return {
+            **_launch_config(rows, dtype, device),
+            **tiles,
+            "gemm": "triton",
+            "stats_v": 64,
+            "soft_v": 64,
+            "warps": 8,
+        }
+    return {**_launch_config(rows, dtype, device), "gemm": "triton", "stats_d": 32, "soft_d": 32}
 
 
 def _check(
@@ -326,6 +370,7 @@ def vocab_head(
         )
 
     cfg = launch or _launch_config(rows, w, device)
+    in_memory = cfg["gemm"] == "torch"  # the logits GEMM by F.linear, the statistics a pass over its output
     block_r = cfg["block_r"]
     row_blocks = triton.cdiv(rows, block_r)
     splits, per_split = _splits(triton.cdiv(vocab, cfg["stats_v"]), row_blocks, cfg["programs"])
@@ -333,11 +378,14 @@ def vocab_head(
     # tf32 applies only to fp32 operands; those must stay exact to match the reference.
     precision = "ieee" if w == torch.float32 else "tf32"
 
-    in_memory = isinstance(temperature, torch.Tensor)
-    temp = temperature.to(device=device, dtype=torch.float32).reshape(()) if in_memory else flat
+    temp_in_memory = isinstance(temperature, torch.Tensor)
+    temp = temperature.to(device=device, dtype=torch.float32).reshape(()) if temp_in_memory else flat
     noise_flat = contiguous(noise.reshape(rows, vocab))[0] if noise is not None else flat
     round_z = soft and w != torch.float32  # in fp32, softmax(round_w(z)) is softmax(z): reuse m and s
-    zbuf = torch.empty(rows, vocab, dtype=w, device=device) if soft else flat  # [R, V]
+    if in_memory:
+        zbuf = F.linear(flat, weight)  # [R, V] in w, as the reference computes it
+    else:
+        zbuf = torch.empty(rows, vocab, dtype=w, device=device) if soft else flat  # [R, V]
     stats = torch.empty(7 if round_z else 5, splits, rows, device=device)  # m, s, t, best, draw[, mr, sr]
     indices = torch.empty(2, splits, rows, dtype=torch.int64, device=device)  # argmax, sample
     m, s, t, best, draw = stats[:5]
@@ -345,10 +393,11 @@ def vocab_head(
     _vocab_stats_kernel[(row_blocks, splits)](
         flat, weight, noise_flat, temp, zbuf,
         m, s, t, mr, sr, best, indices[0], draw, indices[1],
-        rows, vocab, dim, per_split, 1.0 if in_memory else float(temperature), float(softcap or 0.0), seed,
-        HAS_CAP=bool(softcap), TEMP_IN_MEMORY=in_memory, NOISE_IN_MEMORY=noise is not None,
-        STORE_Z=soft, ROUND_Z=round_z, PRECISION=precision, INTERPRETED=interpreting(),
-        BLOCK_R=block_r, BLOCK_V=cfg["stats_v"], BLOCK_D=cfg["stats_d"], **launch,
+        rows, vocab, dim, per_split, 1.0 if temp_in_memory else float(temperature), float(softcap or 0.0),
+        seed, HAS_CAP=bool(softcap), TEMP_IN_MEMORY=temp_in_memory, NOISE_IN_MEMORY=noise is not None,
+        LOGITS_IN_MEMORY=in_memory, STORE_Z=soft, ROUND_Z=round_z, PRECISION=precision,
+        INTERPRETED=interpreting(), BLOCK_R=block_r, BLOCK_V=cfg["stats_v"], BLOCK_D=cfg.get("stats_d", 16),
+        **launch,
     )  # fmt: skip
     lse, entropy = _merge_softmax(m, s, t)
     argmax, sample = _pick(best, indices[0]), _pick(draw, indices[1])
@@ -356,16 +405,23 @@ def vocab_head(
     soft_embedding = None
     if soft:
         (lse_w,) = _merge_softmax(mr, sr) if round_z else (lse,)
-        d_blocks = triton.cdiv(dim, cfg["soft_d"])
-        soft_splits, soft_per_split = _splits(
-            triton.cdiv(vocab, cfg["soft_v"]), row_blocks * d_blocks, cfg["programs"]
-        )
-        partial = torch.empty(soft_splits, rows, dim, device=device)  # [splits, R, d] fp32
-        _soft_embedding_kernel[(row_blocks, d_blocks, soft_splits)](
-            zbuf, lse_w.contiguous(), weight, partial, rows, vocab, dim, soft_per_split,
-            PRECISION=precision, INTERPRETED=interpreting(),
-            BLOCK_R=block_r, BLOCK_V=cfg["soft_v"], BLOCK_D=cfg["soft_d"], **launch,
-        )  # fmt: skip
-        summed = partial[0] if soft_splits == 1 else partial.sum(0)
-        soft_embedding = summed.to(w).view(*lead, dim)
+        if in_memory:
+            _softmax_in_place_kernel[(row_blocks, triton.cdiv(vocab, cfg["soft_v"]))](
+                zbuf, lse_w.contiguous(), rows, vocab,
+                INTERPRETED=interpreting(), BLOCK_R=block_r, BLOCK_V=cfg["soft_v"], **launch,
+            )  # fmt: skip
+            soft_embedding = (zbuf @ weight).view(*lead, dim)
+        else:
+            d_blocks = triton.cdiv(dim, cfg["soft_d"])
+            soft_splits, soft_per_split = _splits(
+                triton.cdiv(vocab, cfg["soft_v"]), row_blocks * d_blocks, cfg["programs"]
+            )
+            partial = torch.empty(soft_splits, rows, dim, device=device)  # [splits, R, d] fp32
+            _soft_embedding_kernel[(row_blocks, d_blocks, soft_splits)](
+                zbuf, lse_w.contiguous(), weight, partial, rows, vocab, dim, soft_per_split,
+                PRECISION=precision, INTERPRETED=interpreting(),
+                BLOCK_R=block_r, BLOCK_V=cfg["soft_v"], BLOCK_D=cfg["soft_d"], **launch,
+            )  # fmt: skip
+            summed = partial[0] if soft_splits == 1 else partial.sum(0)
+            soft_embedding = summed.to(w).view(*lead, dim)
     return VocabHead(lse.view(lead), entropy.view(lead), argmax.view(lead), sample.view(lead), soft_embedding)

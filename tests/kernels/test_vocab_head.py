@@ -39,12 +39,14 @@ def _assert_picks_max(picked: torch.Tensor, score: torch.Tensor, dtype: torch.dt
     assert_close(score.gather(-1, picked[..., None])[..., 0], score.max(-1).values, dtype)
 
 
+@pytest.mark.parametrize("gemm", ["torch", "triton"])
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.float16])
 @pytest.mark.parametrize("shape", [(7, 1000, 48), (1, 1000, 48), (5, 333, 20)])
-def test_matches_reference(dtype: torch.dtype, shape: tuple[int, int, int]) -> None:
+def test_matches_reference(dtype: torch.dtype, shape: tuple[int, int, int], gemm: str) -> None:
     hidden, weight = _inputs(*shape, dtype)
     noise = torch.empty(shape[0], shape[1], device=DEVICE).exponential_()
-    got = vocab_head.vocab_head(hidden, weight, 0.7, noise=noise)
+    config = vocab_head.fused_gemm_config if gemm == "triton" else vocab_head._launch_config
+    got = vocab_head.vocab_head(hidden, weight, 0.7, noise=noise, launch=config(shape[0], dtype, DEVICE))
     want = reference.vocab_head(hidden, weight, 0.7, noise=noise)
     assert got.lse.dtype == got.entropy.dtype == torch.float32
     assert got.argmax.dtype == got.sample.dtype == torch.int64
