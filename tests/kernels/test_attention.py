@@ -122,8 +122,8 @@ def test_causal_reference_is_the_models_encoder_mask() -> None:
     """The reference's causal/window form equals SDPA under the mask DGemma.encode builds."""
     lo, start, seq, window = 5, 30, 9, 16
     q, cache_k, cache_v, k, v = make_inputs(1, 4, 2, seq, 32, 60, torch.float32)
-    query = torch.arange(start, start + seq)[:, None]
-    key = torch.arange(lo, start + seq)[None, :]
+    query = torch.arange(start, start + seq, device=DEVICE)[:, None]
+    key = torch.arange(lo, start + seq, device=DEVICE)[None, :]
     mask = (key <= query) & (key > query - window)
     keys = torch.cat([cache_k[:, :, lo:start], k], dim=2)
     values = torch.cat([cache_v[:, :, lo:start], v], dim=2)
