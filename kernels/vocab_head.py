@@ -403,7 +403,8 @@ def vocab_head(
         rows, vocab, dim, per_split, 1.0 if temp_in_memory else float(temperature), float(softcap or 0.0),
         seed, HAS_CAP=bool(softcap), TEMP_IN_MEMORY=temp_in_memory, NOISE_IN_MEMORY=noise is not None,
         LOGITS_IN_MEMORY=in_memory, STORE_Z=soft, ROUND_Z=round_z, PRECISION=precision,
-        INTERPRETED=interpreting(), BLOCK_R=block_r, BLOCK_V=cfg["stats_v"], BLOCK_D=cfg.get("stats_d", 16),
+        INTERPRETED=interpreting(), BLOCK_R=block_r, BLOCK_V=cfg["stats_v"],
+        BLOCK_D=cfg.get("stats_d", 16),  # the in-kernel GEMM's K tile; unused with logits in memory
         **launch,
     )  # fmt: skip
     lse, entropy = _merge_softmax(m, s, t)
