@@ -3,7 +3,7 @@
 Each op lives in ``<op>.py`` (kernels + launcher) beside its plain-torch spec in ``reference.py``, with a
 ``bench_<op>.py``: ``norms`` (RMSNorm + residual; head norm + RoPE + KV write), ``attention`` (canvas over the
 prefix cache), ``moe`` (router; grouped expert MLP, bf16 or FP8 weights) and ``vocab_head`` (LM head, sampling
-statistics and the self-conditioning embedding, streamed over the vocabulary).
+statistics and the self-conditioning embedding: passes over the logits between two cuBLAS GEMMs).
 """
 
 from __future__ import annotations
