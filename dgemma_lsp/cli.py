@@ -293,8 +293,9 @@ def _replay(args: argparse.Namespace) -> int:
     if len(configs) != 2:
         print("dgemma-lsp: replay compares exactly two --config NAME=JSON", file=sys.stderr)
         return 2
-    model = resolve_model_path(args.model, Options())
-    summaries = asyncio.run(replay(configs, args.files, model=model, sites=args.sites, seed=args.seed))
+    # Only an explicit --model goes on the servers' command line: it would win over each configuration's
+    # modelPath. Without either, each server falls back to $DGEMMA_MODEL, then the bundled model.
+    summaries = asyncio.run(replay(configs, args.files, model=args.model, sites=args.sites, seed=args.seed))
     report = {"configs": summaries, "latency_ratio": ratios(summaries)}
     if args.json:
         print(json.dumps(report))

@@ -44,3 +44,16 @@ def test_replay_reports_both_configurations(tiny_checkpoint: Path, capsys) -> No
         assert run["server_stats"]["requests"] >= run["requests"]  # the server's own count, keys intact
         assert "stepsPerCompletion" in run["server_stats"] and "cache" in run["server_stats"]
     assert set(report["latency_ratio"]) == {"p50", "p95"}
+
+
+def test_each_configuration_runs_its_own_model(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    other = shutil.copytree(tiny_checkpoint, tmp_path / "other")
+    argv = ["replay", str(SOURCE), "--sites", "1", "--json"]
+    configs = ["--config", f"a={json.dumps({'modelPath': str(tiny_checkpoint)})}"]
+    configs += ["--config", f"b={json.dumps({'modelPath': str(other)})}"]
+    assert main([*argv, *configs]) == 0
+    a, b = json.loads(capsys.readouterr().out)["configs"]
+    assert a["server_stats"]["status"]["model"] == str(tiny_checkpoint.resolve())
+    assert b["server_stats"]["status"]["model"] == str(other.resolve())
