@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,6 @@ def test_replay_reports_both_configurations(tiny_checkpoint: Path, capsys) -> No
 
 
 def test_each_configuration_runs_its_own_model(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    import shutil
-
     other = shutil.copytree(tiny_checkpoint, tmp_path / "other")
     argv = ["replay", str(SOURCE), "--sites", "1", "--json"]
     configs = ["--config", f"a={json.dumps({'modelPath': str(tiny_checkpoint)})}"]
