@@ -263,7 +263,13 @@ def _eval(args: argparse.Namespace) -> int:
             )
             return 2
         generator = evaluate.Generator(
-            model_path, args.device, args.max_denoising_steps, args.seed, args.canvas_mode
+            model_path,
+            args.device,
+            args.max_denoising_steps,
+            args.seed,
+            args.canvas_mode,
+            args.backend or "fast",
+            args.kernels or "auto",
         )
     chosen = evaluate.select(tasks, args.limit, args.every)
     results = list(

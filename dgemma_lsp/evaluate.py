@@ -149,11 +149,13 @@ class Generator:
         max_denoising_steps: int | None,
         seed: int,
         canvas_mode: str = "plain",
+        backend: str = "fast",
+        kernels: str = "auto",
     ) -> None:
         from dgemma_lsp.engine import load_model
         from dgemma_lsp.model.infill import Infiller
 
-        self.loaded = load_model(model, device, max_denoising_steps)
+        self.loaded = load_model(model, device, max_denoising_steps, backend, kernels)  # type: ignore[arg-type]
         self.infiller = Infiller(self.loaded, canvas_mode=canvas_mode)  # type: ignore[arg-type]
         self.seed = seed
 

@@ -93,6 +93,16 @@ def test_generated_middles_go_through_the_server_path(tiny_checkpoint: Path, tmp
     assert (rescored["exact_match"], rescored["pass@1"]) == (summary["exact_match"], summary["pass@1"])
 
 
+def test_the_backend_asked_for_generates(tiny_checkpoint: Path, capsys) -> None:
+    # The clamped canvas needs the fast backend: the reference backend says so on stderr and fills plain ones.
+    argv = ["eval", str(FIM), "--model", str(tiny_checkpoint), "--max-denoising-steps", "2", "--limit", "1"]
+    assert main([*argv, "--canvas-mode", "clamped", "--json"]) == 0
+    assert "needs the fast backend" not in capsys.readouterr().err
+    assert main([*argv, "--canvas-mode", "clamped", "--backend", "reference", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "needs the fast backend" in err and json.loads(out)["tasks"] == 1
+
+
 def test_exact_match_and_edit_similarity() -> None:
     assert exact_match("  a + b;\n", "a + b;")
     assert not exact_match("a - b;", "a + b;")
