@@ -299,9 +299,14 @@ def _replay(args: argparse.Namespace) -> int:
     if len(configs) != 2:
         print("dgemma-lsp: replay compares exactly two --config NAME=JSON", file=sys.stderr)
         return 2
-    # Only an explicit --model goes on the servers' command line: it would win over each configuration's
-    # modelPath. Without either, each server falls back to $DGEMMA_MODEL, then the bundled model.
-    summaries = asyncio.run(replay(configs, args.files, model=args.model, sites=args.sites, seed=args.seed))
+    # Only what was given goes on the servers' command line: it wins over each configuration's options
+    # (--model over modelPath). Without either, a server falls back to $DGEMMA_MODEL, then the bundled model.
+    flags = [
+        f"--{name}={value}"
+        for name in ("model", "device", "backend", "kernels")
+        if (value := getattr(args, name)) is not None
+    ]
+    summaries = asyncio.run(replay(configs, args.files, server_flags=flags, sites=args.sites, seed=args.seed))
     report = {"configs": summaries, "latency_ratio": ratios(summaries)}
     if args.json:
         print(json.dumps(report))

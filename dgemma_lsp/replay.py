@@ -256,9 +256,10 @@ def _range(line: int, start: int, end: int) -> types.Range:
 
 
 async def replay(
-    configs: dict[str, dict[str, Any]], files: list[Path], *, model: str | None, sites: int, seed: int
+    configs: dict[str, dict[str, Any]], files: list[Path], *, server_flags: list[str], sites: int, seed: int
 ) -> list[dict[str, Any]]:
-    server = [sys.executable, "-m", "dgemma_lsp", "--stdio", *(["--model", model] if model else [])]
+    """`server_flags` go on each server's command line (where they win over the configurations)."""
+    server = [sys.executable, "-m", "dgemma_lsp", "--stdio", *server_flags]
     summaries = []
     for name, options in configs.items():
         report = RunReport(name, options)

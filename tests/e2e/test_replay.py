@@ -56,3 +56,12 @@ def test_each_configuration_runs_its_own_model(tiny_checkpoint: Path, tmp_path: 
     a, b = json.loads(capsys.readouterr().out)["configs"]
     assert a["server_stats"]["status"]["model"] == str(tiny_checkpoint.resolve())
     assert b["server_stats"]["status"]["model"] == str(other.resolve())
+
+
+def test_server_flags_reach_the_servers(tiny_checkpoint: Path, capsys) -> None:
+    argv = ["replay", str(SOURCE), "--model", str(tiny_checkpoint), "--sites", "1", "--json"]
+    configs = ["--config", 'a={"device": "cpu"}', "--config", "b={}"]
+    assert main([*argv, *configs, "--device", "nonsense"]) == 0
+    for run in json.loads(capsys.readouterr().out)["configs"]:  # the command line won over `device`
+        status = run["server_stats"]["status"]
+        assert status["state"] == "error" and "nonsense" in status["message"]
