@@ -279,6 +279,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out:
         evaluate.write_results(args.out, results)
     summary = evaluate.summarize(results)
+    if generator is not None:
+        summary["generated"] = generator.describe()
     print(json.dumps(summary) if args.json else evaluate.format_report(summary))
     return 0
 

@@ -159,6 +159,28 @@ class Generator:
         self.infiller = Infiller(self.loaded, canvas_mode=canvas_mode)  # type: ignore[arg-type]
         self.seed = seed
 
+    def describe(self) -> dict[str, Any]:
+        """What generated the middles, for the summary: numbers are only comparable with this alike."""
+        import torch
+
+        from dgemma_lsp.model.bench import device_description
+
+        loaded, settings = self.loaded, self.loaded.settings
+        return {
+            "model": str(loaded.path),
+            "backend": loaded.backend,
+            "canvas_mode": self.infiller.canvas_mode,
+            "seed": self.seed,
+            "sampler": {
+                "max_denoising_steps": settings.max_denoising_steps,
+                "entropy_bound": settings.entropy_bound,
+                "temperatures": [settings.t_max, settings.t_min],
+            },
+            "device": device_description(loaded.device),
+            "threads": torch.get_num_threads() if loaded.device.type == "cpu" else None,
+            "torch": torch.__version__,
+        }
+
     def middle(self, task: Task, oracle_length: bool) -> tuple[str, int, int, float]:
         """(text, steps, tokens, total_ms) for the cursor between the task's prompt and suffix."""
         from dgemma_lsp.engine import complete
@@ -256,6 +278,13 @@ def format_report(summary: dict[str, Any]) -> str:
         *(row(name, s) for name, s in summary["by_length"].items()),
         f"sandbox: {summary['sandbox']}",
     ]
+    if "generated" in summary:
+        g, sampler = summary["generated"], summary["generated"]["sampler"]
+        lines.append(
+            f"generated: {g['model']}, {g['backend']} backend, {g['canvas_mode']} canvas, seed {g['seed']}, "
+            f"entropy bound {sampler['entropy_bound']}, temperatures {sampler['temperatures'][0]} -> "
+            f"{sampler['temperatures'][1]}, at most {sampler['max_denoising_steps']} steps; on {g['device']}"
+        )
     return "\n".join(lines)
 
 

@@ -183,7 +183,7 @@ def measure(
     results = {b: {k: statistics.median(run[k] for run in rs) for k in rs[0]} for b, rs in runs.items()}
     report: dict[str, Any] = {
         "source": s.source,
-        "device": torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else _cpu_name(),
+        "device": device_description(s.device),
         "device_type": s.device.type,
         "dtype": str(
             model_dtype(s.models["fast"]) if "fast" in s.models else next(iter(s.models.values())).dtype
@@ -215,7 +215,10 @@ def measure(
     return report
 
 
-def _cpu_name() -> str:
+def device_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count: what a measurement ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
