@@ -302,7 +302,8 @@ def _replay(args: argparse.Namespace) -> int:
         print("dgemma-lsp: replay compares exactly two --config NAME=JSON", file=sys.stderr)
         return 2
     # Only what was given goes on the servers' command line: it wins over each configuration's options
-    # (--model over modelPath). Without either, a server falls back to $DGEMMA_MODEL, then the bundled model.
+    # (--model over modelPath). With neither --model nor modelPath, a server takes $DGEMMA_MODEL, else the
+    # bundled model.
     flags = [
         f"--{name}={value}"
         for name in ("model", "device", "backend", "kernels")
