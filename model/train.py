@@ -7,7 +7,8 @@ Steps: corpus (the Python standard library plus installed packages whose licence
 derived weights; deduplicated; whole files held out) -> byte-level BPE tokenizer with FIM sentinels ->
 a small DiffusionGemma (transformers' own class, so every DiffusionGemma loader reads it) trained with the
 DiffusionGemma objective -> a Hugging Face folder (bf16 safetensors, tokenizer, generation config,
-corpus manifest). Training checkpoints are safetensors + JSON and resume with --resume.
+corpus manifest). Training checkpoints are safetensors + JSON; --resume carries on from the last one,
+its learning-rate schedule where it stopped.
 
 Objective (docs/DIFFUSIONGEMMA.md §4): the canvas follows a causal prompt; each canvas position is
 replaced by a uniform random token with probability t ~ U(0.001, 1); cross-entropy on the canvas;
@@ -429,7 +430,7 @@ def diffusion_loss(
 
 
 def save_training_state(
-    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int
+    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, minutes: float
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / "model.safetensors"))  # handles the tied encoder/decoder weights
@@ -438,16 +439,20 @@ def save_training_state(
         f"{names[id(p)]}::{k}": v for p, s in optim.state.items() for k, v in s.items() if torch.is_tensor(v)
     }
     save_file({k: v.contiguous() for k, v in state.items()}, folder / "optimizer.safetensors")
-    (folder / "state.json").write_text(json.dumps({"step": step}))
+    (folder / "state.json").write_text(json.dumps({"step": step, "minutes": minutes}))
 
 
-def load_training_state(folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer) -> int:
+def load_training_state(
+    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer
+) -> tuple[int, float]:
+    """Restores the weights and optimizer; returns the steps and minutes of training behind them."""
     load_model(model, str(folder / "model.safetensors"))
     params = dict(model.named_parameters())
     for key, value in load_file(folder / "optimizer.safetensors").items():
         name, field = key.split("::")
         optim.state[params[name]][field] = value.to(params[name].device)
-    return int(json.loads((folder / "state.json").read_text())["step"])
+    state = json.loads((folder / "state.json").read_text())
+    return int(state["step"]), float(state.get("minutes", 0.0))
 
 
 def progress(step: int, done: float, loss: float, started: float) -> None:
@@ -471,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--steps", type=int, default=100_000, help="stop after this many steps ...")
-    parser.add_argument("--minutes", type=float, default=None, help="... or after this much training time")
+    parser.add_argument(
+        "--minutes", type=float, help="... or after this much training time (counting before a --resume)"
+    )
     parser.add_argument(
         "--batch", type=int, help="examples per step (default 32 on a CPU, 256 on a GPU, which 32 would idle)"
     )
@@ -531,13 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         model, earlier = DiffusionGemmaForBlockDiffusion(make_config(size)), None
     model = model.to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step = load_training_state(work / "checkpoint", model, optim) if args.resume else 0
+    step, minutes = load_training_state(work / "checkpoint", model, optim) if args.resume else (0, 0.0)
+    rng.seed(args.seed + step)  # a resumed run draws new examples, not the first run's again
     generator = torch.Generator(device=device).manual_seed(args.seed + step)
-    warmup, started, deadline = 100, time.perf_counter(), None
+    # The clock counts the training before a --resume, so a resumed run finishes the schedule it was in.
+    warmup, started, deadline = 100, time.perf_counter() - 60 * minutes, None
     if args.minutes is not None:
-        deadline = time.perf_counter() + 60 * args.minutes
+        deadline = started + 60 * args.minutes
     total = args.steps
     losses: list[float] = []
+
+    def trained_minutes() -> float:
+        return (time.perf_counter() - started) / 60
 
     def done() -> float:  # the fraction of the run behind us: by steps, or by time when time-boxed
         if deadline is None:
@@ -557,13 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.item())
         progress(step, done(), sum(losses[-50:]) / len(losses[-50:]), started)
         if step % args.checkpoint_every == 0:
-            save_training_state(work / "checkpoint", model, optim, step)
+            save_training_state(work / "checkpoint", model, optim, step, trained_minutes())
     print(file=sys.stderr)
-    save_training_state(work / "checkpoint", model, optim, step)
+    save_training_state(work / "checkpoint", model, optim, step, trained_minutes())
     recent = losses[-50:] or [float("nan")]
     export(model, tokenizer, args.out, manifest, {
         "steps": step, "batch": batch, "device": str(device), "size": args.size,
-        "minutes": round((time.perf_counter() - started) / 60, 1), "final_loss": sum(recent) / len(recent),
+        "minutes": round(trained_minutes(), 1), "final_loss": sum(recent) / len(recent),
         **({"continued_from": earlier} if earlier else {}),
     })  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)

@@ -161,6 +161,19 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert (further / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
 
 
+def test_a_resumed_time_boxed_run_finishes_its_schedule(tmp_path: Path) -> None:
+    """--minutes counts the training before --resume, so a run whose time is spent takes no more steps
+    (and one interrupted halfway continues its learning-rate schedule from halfway, not from the top)."""
+    out = tmp_path / "model"
+    args = ["--out", str(out), "--size", "toy", "--corpus-mb", "1", "--batch", "2", "--minutes", "0.001"]
+    assert main(args) == 0
+    first = json.loads((out / "corpus_manifest.json").read_text())["training"]
+    assert first["steps"] >= 1  # a toy step takes longer than the 0.06 s allowed
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((out / "corpus_manifest.json").read_text())["training"]
+    assert resumed["steps"] == first["steps"]
+
+
 def test_heldout_tasks_cut_lines_out_of_whole_files() -> None:
     text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
     tasks = heldout_tasks([text], 30, seed=1)
