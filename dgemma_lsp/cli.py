@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument("--seed", type=int, help="sampler seed (default: random)")
     complete.add_argument("--max-denoising-steps", type=int, help="override the checkpoint's step budget")
     complete.add_argument(
+        "--canvas-mode",
+        choices=("plain", "clamped", "lengths"),
+        default="plain",
+        help="the canvas layout, as the server's canvasMode option (clamped and lengths: fast backend)",
+    )
+    complete.add_argument(
         "--json", action="store_true", help="one JSON object with the text, range and timings"
     )
 
@@ -215,7 +221,8 @@ def _complete(args: argparse.Namespace) -> int:
     except UnsupportedDocument as exc:
         print(f"dgemma-lsp: {args.file}: {exc}", file=sys.stderr)
         return 2
-    result = complete(Infiller(loaded), ctx, seed=args.seed)
+    infiller = Infiller(loaded, canvas_mode=args.canvas_mode)
+    result = complete(infiller, ctx, seed=args.seed)
     total_ms = (time.perf_counter() - start) * 1000
 
     if not args.json:
@@ -237,6 +244,7 @@ def _complete(args: argparse.Namespace) -> int:
                 "load_ms": round(load_ms, 2),
                 "model": str(loaded.path),
                 "device": str(loaded.device),
+                "canvas_mode": infiller.canvas_mode,  # plain where the backend cannot do the one asked for
             }
         )
     )

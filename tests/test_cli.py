@@ -41,6 +41,14 @@ def test_complete_json_has_the_contract_fields(tiny_checkpoint: Path, source: Pa
     assert capsys.readouterr().out == result["text"] + "\n"
 
 
+def test_complete_takes_the_servers_canvas_modes(tiny_checkpoint: Path, source: Path, capsys) -> None:
+    argv = ["complete", str(source), "--line", "1", "--character", "25", "--model", str(tiny_checkpoint)]
+    for backend, mode, used in [("fast", "clamped", "clamped"), ("reference", "clamped", "plain")]:
+        assert main([*argv, "--backend", backend, "--canvas-mode", mode, "--seed", "1", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["canvas_mode"] == used and result["steps"] >= 1
+
+
 def test_complete_defaults_to_the_bundled_model(source: Path, capsys, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
     assert main(["complete", str(source), "--line", "1", "--character", "11", "--json"]) == 0
