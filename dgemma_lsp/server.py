@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+from cattrs import transform_error
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
@@ -50,7 +52,29 @@ NO_MODEL_HELP = (
 )
 
 
+_ANSWERED = object()  # a request already answered while it was being read
+
+
 class DgemmaProtocol(LanguageServerProtocol):
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcInvalidParams as exc:
+            if "id" not in data or "method" not in data:
+                raise  # a notification: nothing to answer
+            # JSON-RPC answers a request whose params don't fit with InvalidParams; pygls would drop it
+            # (the client waits forever) and pop up "Invalid Params" in the editor instead.
+            where = "; ".join(transform_error(exc.__cause__, path="$")) if exc.__cause__ else ""
+            where = re.sub(r"_([a-z])", lambda m: m[1].upper(), where)  # LSP's names, not lsprotocol's
+            log.warning("%s request %s has invalid params: %s", data["method"], data["id"], where)
+            error = JsonRpcInvalidParams(f"Invalid params for {data['method']}: {where}")
+            self._send_response(data["id"], error=error.to_response_error())
+            return _ANSWERED
+
+    def handle_message(self, message: Any) -> None:
+        if message is not _ANSWERED:
+            super().handle_message(message)
+
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
         # Our document model counts columns in UTF-16 (the LSP default); without this pygls would
