@@ -75,6 +75,16 @@ class DgemmaProtocol(LanguageServerProtocol):
         if message is not _ANSWERED:
             super().handle_message(message)
 
+    @lsp_method(types.SHUTDOWN)
+    def lsp_shutdown(self, *args: Any) -> Any:
+        # pygls cancels the requests still pending while iterating over their dict, and cancelling one
+        # can change it (a fill waiting on the client's workspace/applyEdit): shutdown failed with
+        # "dictionary changed size during iteration". Cancel them from a copy first.
+        for msg_id, future in list(self._request_futures.items()):
+            if msg_id != self.msg_id:
+                future.cancel()
+        return (yield from super().lsp_shutdown(*args))
+
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
         # Our document model counts columns in UTF-16 (the LSP default); without this pygls would

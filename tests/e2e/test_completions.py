@@ -336,3 +336,37 @@ async def test_fill_gives_up_when_the_document_changes_meanwhile(session) -> Non
     insert(client, uri, 2, types.Position(line=0, character=0), "# moved\n")
     result = await pending
     assert not result["applied"] and not edits
+
+
+async def test_shutdown_while_a_fill_waits_on_the_client(tiny_checkpoint: Path) -> None:
+    """A fill still waiting for the client's answer to workspace/applyEdit is cancelled at shutdown, and
+    shutdown succeeds (it failed with "dictionary changed size during iteration")."""
+    client = await ClientServerConfig(server_command=SERVER).start()
+    asked, shut_down = asyncio.Event(), asyncio.Event()
+
+    @client.feature(types.WORKSPACE_APPLY_EDIT)
+    async def answer_late(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+        asked.set()
+        await shut_down.wait()
+        return types.ApplyWorkspaceEditResult(applied=False)
+
+    options = {"modelPath": str(tiny_checkpoint), "maxDenoisingSteps": 1, "candidates": 1}
+    await client.initialize_session(
+        types.InitializeParams(capabilities=client_capabilities(), initialization_options=options)
+    )
+    uri = "file:///work/demo/waiting.py"
+    open_doc(client, "def f(x):\n    ...\n", uri)
+    command = types.ExecuteCommandParams(command="dgemma.fillRange", arguments=[uri, span(1, 4, 7)])
+    pending = asyncio.ensure_future(client.workspace_execute_command_async(command))
+    await asyncio.wait_for(asked.wait(), 60)
+    assert await client.shutdown_async(None) is None  # raises on an error answer
+    with pytest.raises(JsonRpcRequestCancelled):
+        await pending
+    shut_down.set()  # the late answer goes out before the exit: pygls's client fails on a running handler
+    for _ in range(500):
+        if not client.protocol._request_futures:
+            break
+        await asyncio.sleep(0.01)
+    client.exit(None)
+    await client.stop()
+    assert client._server.returncode == 0
