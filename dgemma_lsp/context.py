@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TAB_WIDTH = 4  # a tab counts as 4 columns of indentation (flat, not tab stops); postprocess uses the same
 # How many lines a window edge may move inward to start/end at a top-level syntax node.
 SNAP_LINES = 8
+MAX_TOKEN_CHARS = 8  # a cursor line is cut at 8 characters a token of budget, more than code averages
 # Upper bound on how far back the text rule looks for the line that opens the enclosing block.
 OPENER_SCAN_LINES = 4000
 
@@ -71,7 +72,8 @@ class FimContext:
     """What the model sees for one cursor.
 
     prefix + suffix are whole-line windows around the cursor (prefix ends and suffix starts exactly at
-    the cursor; line endings are kept as they are in the document). When nothing is truncated,
+    the cursor; line endings are kept as they are in the document), except that a cursor line far longer
+    than the budget (minified code) is cut around the cursor. When nothing is truncated,
     prefix + suffix is the whole document.
 
     scope is "line" when the cursor line has any non-whitespace text (before or after the cursor,
@@ -515,34 +517,43 @@ class SyntaxDocument:
         line_prefix = self.text[starts[cur] : offset]
         line_suffix = self.text[offset : self._line_end(cur)]
 
+        # A cursor line too long for the budget (minified code) is cut around the cursor: tokenizing
+        # megabytes for a prompt that keeps a few thousand tokens took seconds a request.
+        line_bound = self._line_bound(cur + 1)
+        prefix_start = max(starts[cur], offset - budget.prefix_tokens * MAX_TOKEN_CHARS)
+        suffix_end = min(line_bound, offset + budget.suffix_tokens * MAX_TOKEN_CHARS)
+
         # Prefix: the cursor line's text before the cursor, then whole lines upward while they fit.
-        used = count(line_prefix)
-        first = cur
-        while first > 0:
-            cost = count(self.text[starts[first - 1] : starts[first]])
-            if used + cost > budget.prefix_tokens:
-                break
-            used += cost
-            first -= 1
-        if first > 0:
-            # Start at a top-level node if one begins just inside the cut (never grow past the budget).
-            snap = range(first, min(first + SNAP_LINES, cur) + 1)
-            first = next((k for k in snap if self._is_boundary(k)), first)
+        if prefix_start == starts[cur]:
+            used = count(line_prefix)
+            first = cur
+            while first > 0:
+                cost = count(self.text[starts[first - 1] : starts[first]])
+                if used + cost > budget.prefix_tokens:
+                    break
+                used += cost
+                first -= 1
+            if first > 0:
+                # Start at a top-level node if one begins just inside the cut (never grow past the budget).
+                snap = range(first, min(first + SNAP_LINES, cur) + 1)
+                first = next((k for k in snap if self._is_boundary(k)), first)
+            prefix_start = starts[first]
 
         # Suffix: the rest of the cursor line with its line ending, then whole lines downward while they fit.
-        used = count(self.text[offset : self._line_bound(cur + 1)])
-        stop = cur + 1  # the suffix ends where line `stop` starts
-        while stop < len(starts):
-            cost = count(self.text[starts[stop] : self._line_bound(stop + 1)])
-            if used + cost > budget.suffix_tokens:
-                break
-            used += cost
-            stop += 1
-        if stop < len(starts):
-            # End just before a top-level node if one begins at or shortly before the cut.
-            snap = range(stop, max(cur + 1, stop - SNAP_LINES) - 1, -1)
-            stop = next((j for j in snap if self._is_boundary(j)), stop)
-        suffix_end = self._line_bound(stop)
+        if suffix_end == line_bound:
+            used = count(self.text[offset:line_bound])
+            stop = cur + 1  # the suffix ends where line `stop` starts
+            while stop < len(starts):
+                cost = count(self.text[starts[stop] : self._line_bound(stop + 1)])
+                if used + cost > budget.suffix_tokens:
+                    break
+                used += cost
+                stop += 1
+            if stop < len(starts):
+                # End just before a top-level node if one begins at or shortly before the cut.
+                snap = range(stop, max(cur + 1, stop - SNAP_LINES) - 1, -1)
+                stop = next((j for j in snap if self._is_boundary(j)), stop)
+            suffix_end = self._line_bound(stop)
 
         scope: Literal["line", "block"] = "line"
         block_indent: int | None = None
@@ -550,7 +561,7 @@ class SyntaxDocument:
             scope = "block"
             block_indent = self._block_indent(cur, offset, line_prefix)
         return FimContext(
-            prefix=self.text[starts[first] : offset],
+            prefix=self.text[prefix_start:offset],
             suffix=self.text[offset:suffix_end],
             scope=scope,
             block_indent=block_indent,
@@ -558,7 +569,7 @@ class SyntaxDocument:
             language=self.language,
             line_prefix=line_prefix,
             line_suffix=line_suffix,
-            prefix_truncated=first > 0,
+            prefix_truncated=prefix_start > 0,
             suffix_truncated=suffix_end < len(self.text),
         )
 

@@ -263,12 +263,21 @@ def test_prefix_keeps_the_cursor_line_even_over_budget() -> None:
     text = "a = 1\nb = 2\n" + "c" * 100 + " = 3\nd = 4\n"
     line, character = 2, 100
     ctx = SyntaxDocument(text, None).context_at(
-        line, character, ContextBudget(prefix_tokens=10, suffix_tokens=1), count_tokens=len
+        line, character, ContextBudget(prefix_tokens=20, suffix_tokens=1), count_tokens=len
     )
     assert ctx.prefix == "c" * 100
     assert ctx.prefix_truncated
     assert ctx.suffix == " = 3\n"
     assert ctx.suffix_truncated
+
+
+def test_a_minified_cursor_line_is_cut_around_the_cursor() -> None:
+    line = "var a=[" + "1," * 500_000 + "];"
+    budget = ContextBudget(prefix_tokens=100, suffix_tokens=50)
+    ctx = SyntaxDocument(f"// x\n{line}\n// y\n", "javascript").context_at(1, 600_000, budget)
+    assert ctx.prefix == line[600_000 - 800 : 600_000] and ctx.suffix == line[600_000 : 600_000 + 400]
+    assert ctx.prefix_truncated and ctx.suffix_truncated
+    assert ctx.line_prefix == line[:600_000]  # what post-processing reads is the whole line
 
 
 def test_budget_uses_the_given_token_counter() -> None:
