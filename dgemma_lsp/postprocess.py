@@ -1,9 +1,10 @@
 """From the model's raw middle to the suggestion we show. No torch here: strings, the FimContext, tree-sitter.
 
 `finish` runs the filters users notice when they are missing (EDITOR-ANCHORS.md section 3): cut to the
-scope from the context step, cut where the middle runs into the code after the cursor, reject what only
-repeats it, reject whitespace and degenerate repetition, replace auto-closed brackets and quotes instead of
-duplicating them, and re-indent to the document's style. `rank` orders candidates by how well they parse.
+scope from the context step, cut where the middle runs into the code after the cursor or stops being
+valid UTF-8, reject what only repeats it, reject whitespace and degenerate repetition, replace auto-closed
+brackets and quotes instead of duplicating them, and re-indent to the document's style. `rank` orders
+candidates by how well they parse.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def finish(
     `indentation` defaults to what the context's text uses; `max_lines` caps block middles.
     """
     text = raw.replace("\r\n", "\n")
+    if "\ufffd" not in ctx.prefix + ctx.suffix:
+        # Byte tokens that make no character decode to U+FFFD: the middle is only good up to there.
+        text = text.partition("\ufffd")[0]
     eol = "\r\n" if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix else "\n"
     if ctx.scope == "line":
         first, newline, _ = text.partition("\n")

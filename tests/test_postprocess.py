@@ -134,6 +134,14 @@ def test_a_non_ascii_string_closes_its_auto_closed_quote() -> None:
     assert found == Suggestion('🌍 wörld")', 2)
 
 
+def test_a_middle_ends_where_its_bytes_stop_making_characters() -> None:
+    # U+FFFD is what a byte-level tokenizer decodes from bytes that make no character.
+    assert finish("x + y \ufffd\ufffdz", context("s = <|cursor|>\n", "python")) == Suggestion("x + y")
+    assert finish("\ufffd", context("s = <|cursor|>\n", "python")) is None
+    # A document that holds U+FFFD itself may get it back.
+    assert finish("'\ufffd'", context("a = '\ufffd'\ns = <|cursor|>\n", "python")) == Suggestion("'\ufffd'")
+
+
 def test_a_retyped_rest_of_line_is_dropped_from_the_middle() -> None:
     assert finish("x, b)", context("f(a<|cursor|>, b)\n", "python")) == Suggestion("x", 0)
 
