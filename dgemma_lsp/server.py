@@ -145,7 +145,8 @@ class DgemmaServer(LanguageServer):
 
         def on_state(state: EngineState, message: str) -> None:
             if engine is self.engine:  # a replaced engine's last words are not news
-                loop.call_soon_threadsafe(self._report_state, state, message)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: the client is gone
+                    loop.call_soon_threadsafe(self._report_state, state, message)
 
         path = resolve_model_path(self.cli_model, self.options)
         engine.start(

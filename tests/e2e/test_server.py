@@ -224,29 +224,45 @@ async def test_binary_document_gets_no_items_and_a_message(session) -> None:
     )
 
 
-async def test_a_request_with_invalid_params_is_answered_with_an_error() -> None:
-    """Raw JSON-RPC, as a conforming client cannot send it: a negative line gets InvalidParams naming the
-    field (pygls alone would drop the request and pop up "Invalid Params"), and the server stays up."""
-    position = {"line": -1, "character": 0}
-    messages = [
-        {"id": 1, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}},
-        {"method": "initialized", "params": {}},
-        {"id": 2, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": {
-            "textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}},
-        {"id": 3, "method": "shutdown"},
-        {"method": "exit"},
-    ]  # fmt: skip
+async def raw_session(messages: list[dict]) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """The server fed these JSON-RPC messages, then the end of its input: its replies, and how it ended."""
     bodies = [json.dumps({"jsonrpc": "2.0", **m}).encode() for m in messages]
     stdin = b"".join(b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
     out = await asyncio.to_thread(subprocess.run, SERVER, input=stdin, capture_output=True, timeout=120)
     headers = rb"Content-Length: \d+\r\n(?:.+\r\n)*\r\n"
-    replies = [json.loads(body) for body in re.split(headers, out.stdout)[1:]]
+    return [json.loads(body) for body in re.split(headers, out.stdout)[1:]], out
+
+
+def initialize(options: dict | None = None) -> list[dict]:
+    params = {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": options}
+    return [{"id": 1, "method": "initialize", "params": params}, {"method": "initialized", "params": {}}]
+
+
+async def test_a_request_with_invalid_params_is_answered_with_an_error() -> None:
+    """Raw JSON-RPC, as a conforming client cannot send it: a negative line gets InvalidParams naming the
+    field (pygls alone would drop the request and pop up "Invalid Params"), and the server stays up."""
+    position = {"line": -1, "character": 0}
+    replies, out = await raw_session([
+        *initialize(),
+        {"id": 2, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": {
+            "textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}},
+        {"id": 3, "method": "shutdown"},
+        {"method": "exit"},
+    ])  # fmt: skip
     answers = {r["id"]: r for r in replies if "id" in r}
     assert answers[2]["error"]["code"] == -32602
     assert "invalid value @ $.params.position" in answers[2]["error"]["message"]
     assert answers[3]["result"] is None and out.returncode == 0
     popups = [r["params"] for r in replies if r.get("method") == "window/showMessage"]
     assert not [p for p in popups if p["type"] == types.MessageType.Error]
+
+
+async def test_a_client_gone_while_the_model_loads_ends_the_server_quietly(tiny_checkpoint: Path) -> None:
+    """The input ends (the editor quit) before the model has loaded: exit 1, as without a shutdown, and
+    no traceback from the engine telling a closed event loop it is ready."""
+    _, out = await raw_session(initialize({"modelPath": str(tiny_checkpoint)}))
+    assert out.returncode == 1
+    assert b"Traceback" not in out.stderr, out.stderr.decode()[-2000:]
 
 
 async def test_without_a_configured_model_the_bundled_one_completes(monkeypatch) -> None:
