@@ -238,14 +238,17 @@ def initialize(options: dict | None = None) -> list[dict]:
     return [{"id": 1, "method": "initialize", "params": params}, {"method": "initialized", "params": {}}]
 
 
-async def test_a_request_with_invalid_params_is_answered_with_an_error() -> None:
+async def test_client_mistakes_get_answers_not_error_popups() -> None:
     """Raw JSON-RPC, as a conforming client cannot send it: a negative line gets InvalidParams naming the
-    field (pygls alone would drop the request and pop up "Invalid Params"), and the server stays up."""
+    field (pygls alone would drop the request and pop up "Invalid Params"); a change to a document never
+    opened is ignored (pygls's copy of the documents popped up a KeyError); the server stays up."""
     position = {"line": -1, "character": 0}
     replies, out = await raw_session([
         *initialize(),
         {"id": 2, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": {
             "textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}},
+        {"method": types.TEXT_DOCUMENT_DID_CHANGE, "params": {
+            "textDocument": {"uri": URI, "version": 2}, "contentChanges": [{"text": "x = 1"}]}},
         {"id": 3, "method": "shutdown"},
         {"method": "exit"},
     ])  # fmt: skip
