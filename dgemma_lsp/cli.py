@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose, args.log_file)
+    if args.command in ("complete", "doctor", "eval"):
+        # These take the defaults here; the server and replay keep None ("not given") so that a
+        # configuration's options decide, and bench runs both backends unless one is named.
+        args.backend, args.kernels = args.backend or "fast", args.kernels or "auto"
     if args.command == "complete":
         return _complete(args)
     if args.command == "doctor":
@@ -206,9 +210,7 @@ def _complete(args: argparse.Namespace) -> int:
         return 2
     try:
         start = time.perf_counter()
-        loaded = load_model(
-            model_path, args.device, args.max_denoising_steps, args.backend or "fast", args.kernels or "auto"
-        )
+        loaded = load_model(model_path, args.device, args.max_denoising_steps, args.backend, args.kernels)
         load_ms = (time.perf_counter() - start) * 1000
     except ModelLoadError as exc:
         print(f"dgemma-lsp: {exc}", file=sys.stderr)
@@ -276,8 +278,8 @@ def _eval(args: argparse.Namespace) -> int:
             args.max_denoising_steps,
             args.seed,
             args.canvas_mode,
-            args.backend or "fast",
-            args.kernels or "auto",
+            args.backend,
+            args.kernels,
         )
     chosen = evaluate.select(tasks, args.limit, args.every)
     results = list(
@@ -386,9 +388,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
         try:
             start = time.perf_counter()
-            loaded = load_model(
-                model_path, args.device, backend=args.backend or "fast", kernels=args.kernels or "auto"
-            )
+            loaded = load_model(model_path, args.device, backend=args.backend, kernels=args.kernels)
             seconds = time.perf_counter() - start
             report(
                 "model",

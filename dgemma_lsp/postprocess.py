@@ -47,7 +47,7 @@ def finish(
     `indentation` defaults to what the context's text uses; `max_lines` caps block middles.
     """
     text = raw.replace("\r\n", "\n")
-    if "\ufffd" not in ctx.prefix + ctx.suffix:
+    if "\ufffd" not in ctx.prefix and "\ufffd" not in ctx.suffix:
         # Byte tokens that make no character decode to U+FFFD: the middle is only good up to there.
         text = text.partition("\ufffd")[0]
     eol = "\r\n" if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix else "\n"
