@@ -98,6 +98,11 @@ class FimContext:
     prefix_truncated: bool
     suffix_truncated: bool
 
+    @property
+    def indent_at_cursor(self) -> str:
+        """The cursor line's text before the cursor when that is only indentation, else ''."""
+        return "" if self.line_prefix.strip() else self.line_prefix
+
 
 def indent_width(line: str) -> int:
     """Leading indentation in columns: a space is 1, a tab is 4 (flat, not tab stops)."""

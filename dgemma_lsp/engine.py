@@ -29,7 +29,7 @@ from dgemma_lsp.model.denoise import Cancelled
 from dgemma_lsp.model.infill import CanvasMode, Infiller
 from dgemma_lsp.model.load import load_fast
 from dgemma_lsp.model.prompt import PromptMode
-from dgemma_lsp.postprocess import Indentation, finish
+from dgemma_lsp.postprocess import Indentation, after_indentation, finish
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EngineState(enum.StrEnum):
 @dataclass
 class Completion:
     text: str  # what to insert at the cursor; '' when the model had nothing useful
-    raw: str  # the model's middle before post-processing
+    raw: str  # the model's middle from the cursor on, before post-processing
     steps: int
     prefill_ms: float
     denoise_ms: float
@@ -78,8 +78,12 @@ def complete(
     """
     start = time.perf_counter()
     seed = random.randrange(2**31) if seed is None else seed
+    # After a line's indentation the model is shown the line start and writes the indentation itself: a
+    # prompt ending in it splits "\n    return" where the file's own tokens don't ("\n   ", " return"),
+    # and the bundled model answered it by typing the indentation again (3 suggestions in 4, doubled).
+    indent = ctx.indent_at_cursor
     fill = infiller.fill(
-        ctx.prefix,
+        ctx.prefix.removesuffix(indent),
         ctx.suffix,
         max_new_tokens=ctx.max_middle_tokens,
         seed=seed,
@@ -88,10 +92,11 @@ def complete(
         max_prompt_tokens=max_prompt_tokens,
         key=key,
     )
-    found = finish(fill.text, ctx, indentation=indentation, max_lines=max_lines)
+    raw = after_indentation(fill.text, indent)
+    found = finish(raw, ctx, indentation=indentation, max_lines=max_lines)
     return Completion(
         text=found.text if found is not None else "",
-        raw=fill.text,
+        raw=raw,
         steps=fill.steps,
         prefill_ms=fill.prefill_ms,
         denoise_ms=fill.denoise_ms,

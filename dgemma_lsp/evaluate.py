@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dgemma_lsp.context import SyntaxDocument, language_for
+from dgemma_lsp.postprocess import after_indentation
 from dgemma_lsp.sandbox import DEFAULT_LIMITS, Limits, isolation, run_python
 
 
@@ -189,14 +190,15 @@ class Generator:
         doc = SyntaxDocument(task.prompt + task.suffix, language_for(task.language, None))
         cursor = doc.position_at(len(task.prompt))
         ctx = doc.context_at(cursor.line, cursor.character)
-        true_tokens = tokenizer.encode(task.canonical_solution, add_special_tokens=False)
+        indent = ctx.indent_at_cursor  # the model writes the cursor line's indentation too
+        true_tokens = tokenizer.encode(indent + task.canonical_solution, add_special_tokens=False)
         if oracle_length:
             ctx = replace(ctx, max_middle_tokens=len(true_tokens))
         result = complete(self.infiller, ctx, seed=self.seed)
         text = result.text
         if oracle_length:  # the canvas is fixed-size: give back exactly as many tokens as the truth has
-            ids = tokenizer.encode(result.raw, add_special_tokens=False)[: len(true_tokens)]
-            text = tokenizer.decode(ids)
+            ids = tokenizer.encode(indent + result.raw, add_special_tokens=False)[: len(true_tokens)]
+            text = after_indentation(tokenizer.decode(ids), indent)
         tokens = len(tokenizer.encode(result.raw, add_special_tokens=False))
         return text, result.steps, tokens, result.total_ms
 

@@ -70,6 +70,15 @@ def finish(
     return Suggestion(text.replace("\n", eol))
 
 
+def after_indentation(middle: str, indent: str) -> str:
+    """A middle written from the start of a line, from a cursor after `indent` on: without the indentation
+    it repeats (its first line's whole indentation when that differs, as the cursor's level is the user's)."""
+    if middle.startswith(indent):
+        return middle[len(indent) :]
+    first, newline, rest = middle.partition("\n")
+    return first.lstrip(" \t") + newline + rest
+
+
 def finish_middle(raw: str, ctx: FimContext) -> str:
     """The text `finish` would insert ('' for none), for callers that only insert at the cursor."""
     found = finish(raw, ctx)

@@ -11,6 +11,8 @@ import pytest
 from dgemma_lsp.context import FimContext, SyntaxDocument
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete, load_model
 from dgemma_lsp.model.infill import Infiller
+from dgemma_lsp.options import BUNDLED_MODEL
+from dgemma_lsp.postprocess import after_indentation
 
 SOURCE = "def add(a, b):\n    return a + \n"
 
@@ -41,6 +43,31 @@ async def test_fill_matches_the_shared_completion_path(tiny_checkpoint: Path) ->
     assert (result.text, result.raw, result.steps) == (direct.text, direct.raw, direct.steps)
     assert result.steps <= 4 * 2  # a line middle of 48 tokens takes two canvases of 32
     engine.close()
+
+
+def test_a_cursor_after_indentation_gets_the_middle_written_from_the_line_start(
+    tiny_checkpoint: Path,
+) -> None:
+    # The model is shown the prompt that ends at the line start; the indentation it writes is dropped.
+    infiller = Infiller(load_model(str(tiny_checkpoint), max_denoising_steps=4))
+    source = "def add(a, b):\n    \n"
+    at_indent = SyntaxDocument(source, "python").context_at(1, 4)
+    line_start = SyntaxDocument(source, "python").context_at(1, 0).prefix
+    for seed in range(3):
+        fill = infiller.fill(
+            line_start, at_indent.suffix, max_new_tokens=at_indent.max_middle_tokens, seed=seed
+        )
+        assert complete(infiller, at_indent, seed=seed).raw == after_indentation(fill.text, "    ")
+
+
+def test_the_bundled_model_does_not_indent_a_fresh_line_twice() -> None:
+    # The cursor where an editor puts it after Enter in a function body. Shown a prompt that ended in the
+    # indentation, this model typed it again in most suggestions (6 of these 8).
+    infiller = Infiller(load_model(str(BUNDLED_MODEL)))
+    source = "def mean(values):\n    total = sum(values)\n    \n"
+    ctx = SyntaxDocument(source, "python").context_at(2, 4)
+    texts = [complete(infiller, ctx, seed=seed).text for seed in range(8)]
+    assert sum(text.startswith((" ", "\t")) for text in texts) <= 2, texts
 
 
 async def test_newer_fill_for_the_same_document_supersedes_the_older(tiny_checkpoint: Path) -> None:

@@ -8,6 +8,7 @@ from dgemma_lsp.context import FimContext, SyntaxDocument
 from dgemma_lsp.postprocess import (
     Indentation,
     Suggestion,
+    after_indentation,
     detect_indentation,
     finish,
     finish_middle,
@@ -140,6 +141,24 @@ def test_a_middle_ends_where_its_bytes_stop_making_characters() -> None:
     assert finish("\ufffd", context("s = <|cursor|>\n", "python")) is None
     # A document that holds U+FFFD itself may get it back.
     assert finish("'\ufffd'", context("a = '\ufffd'\ns = <|cursor|>\n", "python")) == Suggestion("'\ufffd'")
+
+
+@pytest.mark.parametrize(
+    ("middle", "indent", "expected"),
+    [
+        ("    return x\n    y = 1", "    ", "return x\n    y = 1"),  # the cursor's indentation, written again
+        ("        return x", "    ", "    return x"),  # deeper: the rest of the indentation stays
+        ("return x", "    ", "return x"),
+        ("\treturn x", "    ", "return x"),  # another indentation: the cursor's level is the user's
+        ("  return x", "    ", "return x"),
+        ("\n    return x", "    ", "\n    return x"),  # a blank first line has nothing to drop
+        ("  return x", "", "  return x"),  # a cursor at column 0: the middle is already relative to it
+    ],
+)
+def test_a_middle_written_from_the_line_start_goes_after_the_cursors_indentation(
+    middle: str, indent: str, expected: str
+) -> None:
+    assert after_indentation(middle, indent) == expected
 
 
 def test_a_retyped_rest_of_line_is_dropped_from_the_middle() -> None:
