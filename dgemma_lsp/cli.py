@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--oracle-length", action="store_true", help="give the model the true middle length"
     )
+    evaluate.add_argument(
+        "--after-enter",
+        action="store_true",
+        help="whole-line tasks, each cursor on a line of its own after the indentation (where Enter puts it)",
+    )
     evaluate.add_argument("--timeout", type=float, default=15.0, help="wall-clock seconds per program")
     evaluate.add_argument(
         "--canvas-mode", choices=("plain", "clamped", "lengths"), default="plain", help="the canvas layout"
@@ -259,6 +264,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     try:
         tasks = [task for path in args.tasks for task in evaluate.read_tasks(path)]
+        if args.after_enter:
+            tasks = [moved for task in tasks if (moved := evaluate.after_enter(task)) is not None]
         completions = evaluate.read_completions(args.from_completions) if args.from_completions else None
     except (OSError, ValueError) as exc:
         print(f"dgemma-lsp: {exc}", file=sys.stderr)

@@ -83,6 +83,17 @@ def read_tasks(path: Path) -> list[Task]:
     return tasks
 
 
+def after_enter(task: Task) -> Task | None:
+    """The task with its cursor where an editor leaves it after Enter: on a line of its own, after the
+    indentation of the middle's first line. For middles of whole lines only (None for the others)."""
+    middle = task.canonical_solution
+    if not middle.strip() or not middle.endswith("\n") or task.prompt[-1:] not in ("", "\n"):
+        return None
+    indent = middle[: len(middle) - len(middle.lstrip(" \t"))]
+    moved = middle[len(indent) : -1]
+    return replace(task, prompt=task.prompt + indent, canonical_solution=moved, suffix="\n" + task.suffix)
+
+
 def select(tasks: list[Task], limit: int | None = None, every: int = 1) -> list[Task]:
     chosen = tasks[::every]
     return chosen[:limit] if limit is not None else chosen

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from dgemma_lsp.cli import main
-from dgemma_lsp.evaluate import edit_similarity, exact_match, read_tasks
+from dgemma_lsp.evaluate import after_enter, edit_similarity, exact_match, program, read_tasks
 
 DATA = Path(__file__).parent / "data" / "eval"
 HUMANEVAL = DATA / "humaneval_infilling_demo.jsonl"
@@ -58,6 +58,24 @@ def test_single_line_tasks_are_current_and_each_line_is_needed(tmp_path: Path, c
     empty = completions_file(tmp_path / "empty.jsonl", {t.task_id: "" for t in tasks})
     assert main(["eval", str(SINGLE_LINE), "--from-completions", str(empty), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pass@1"] < 0.02
+
+
+def test_after_enter_puts_the_cursor_on_a_line_of_its_own_after_the_indentation(
+    tmp_path: Path, capsys
+) -> None:
+    tasks = read_tasks(SINGLE_LINE)
+    for task, moved in zip(tasks, map(after_enter, tasks), strict=True):
+        assert moved is not None and moved.suffix == "\n" + task.suffix
+        indent = moved.prompt.removeprefix(task.prompt)
+        assert indent.strip(" ") == "" and indent + moved.canonical_solution + "\n" == task.canonical_solution
+        assert program(moved, moved.canonical_solution) == program(task, task.canonical_solution)
+    assert [after_enter(task) for task in read_tasks(FIM)] == [None, None]  # middles inside a line
+    right = completions_file(
+        tmp_path / "right.jsonl", {t.task_id: t.canonical_solution.strip() for t in tasks}
+    )
+    assert main(["eval", str(SINGLE_LINE), "--after-enter", "--from-completions", str(right), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tasks"] == len(tasks) and summary["pass@1"] == 1.0
 
 
 def test_gzip_task_files_and_limit_every(tmp_path: Path, capsys) -> None:
