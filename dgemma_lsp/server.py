@@ -286,6 +286,12 @@ class DgemmaServer(LanguageServer):
             if self.pending.get(key) is task:
                 del self.pending[key]
 
+    def position_in(self, uri: str, position: types.Position) -> types.Position:
+        """`position` where the document has it: a column past its line's end (or a line past the last)
+        is the end, as the LSP spec says for columns, so the items' ranges name real positions."""
+        doc = self.documents.get(uri)
+        return position if doc is None else doc.position_at(doc.offset_at(position.line, position.character))
+
     async def suggest(
         self, uri: str, position: types.Position, *, invoked: bool, method: str
     ) -> list[Suggestion]:
@@ -514,16 +520,12 @@ async def inline_completion(
     ls: DgemmaServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
     invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    position = ls.position_in(params.text_document.uri, params.position)
     found = await ls.suggest(
-        params.text_document.uri,
-        params.position,
-        invoked=invoked,
-        method=types.TEXT_DOCUMENT_INLINE_COMPLETION,
+        params.text_document.uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_INLINE_COMPLETION
     )
     return types.InlineCompletionList(
-        items=[
-            types.InlineCompletionItem(insert_text=s.text, range=_range(params.position, s)) for s in found
-        ]
+        items=[types.InlineCompletionItem(insert_text=s.text, range=_range(position, s)) for s in found]
     )
 
 
@@ -531,8 +533,9 @@ async def completion(ls: DgemmaServer, params: types.CompletionParams) -> types.
     """For clients without inline completion: one item per suggestion, each holding the whole middle."""
     context = params.context
     invoked = context is not None and context.trigger_kind == types.CompletionTriggerKind.Invoked
+    position = ls.position_in(params.text_document.uri, params.position)
     found = await ls.suggest(
-        params.text_document.uri, params.position, invoked=invoked, method=types.TEXT_DOCUMENT_COMPLETION
+        params.text_document.uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_COMPLETION
     )
     items = []
     for rank_, s in enumerate(found):
@@ -543,7 +546,7 @@ async def completion(ls: DgemmaServer, params: types.CompletionParams) -> types.
                 kind=types.CompletionItemKind.Snippet,
                 detail="DiffusionGemma",
                 documentation=s.text,
-                text_edit=types.TextEdit(range=_range(params.position, s), new_text=s.text),
+                text_edit=types.TextEdit(range=_range(position, s), new_text=s.text),
                 insert_text_format=types.InsertTextFormat.PlainText,
                 filter_text=s.text,
                 sort_text=str(rank_),

@@ -35,7 +35,7 @@ def greet(name):
     print(message)
 '''
 URI = "file:///work/demo/config.py"
-HOLE = types.Position(line=12, character=25)  # after `"Hello, " + `
+HOLE = types.Position(line=11, character=26)  # the end of `    message = "Hello, " + `
 SEED = 7
 
 
@@ -147,6 +147,19 @@ async def test_inline_completion_matches_cli(session, tiny_checkpoint: Path, tmp
     assert "\n" not in item.insert_text  # mid-line cursor: the middle is the rest of the line
 
 
+async def test_a_column_past_the_line_end_is_the_line_end(session) -> None:
+    # The LSP spec: a character value past the line's length defaults back to the line's length.
+    client, _ = session
+    end = types.Position(line=12, character=len(SOURCE.splitlines()[12]))
+    past = await client.text_document_inline_completion_async(
+        inline_params(types.Position(line=12, character=99))
+    )
+    at_end = await client.text_document_inline_completion_async(inline_params(end))
+    assert past.items, "pick a seed whose middle survives post-processing"
+    assert [(i.insert_text, i.range) for i in past.items] == [(i.insert_text, i.range) for i in at_end.items]
+    assert past.items[0].range.start == end
+
+
 async def test_completion_fallback_has_the_same_middle(session) -> None:
     client, _ = session
     inline = await client.text_document_inline_completion_async(inline_params(HOLE))
@@ -176,9 +189,9 @@ async def test_incremental_change_then_complete(session, tiny_checkpoint: Path, 
         )
     lines = SOURCE.split("\n")
     lines[0] = "import sys"
-    lines[12] = lines[12][:25] + '"wörld 🌍" + ' + lines[12][25:]
+    lines[11] += '"wörld 🌍" + '
     edited = "\n".join(lines)
-    hole = types.Position(line=12, character=25 + len('"wörld 🌍" + '.encode("utf-16-le")) // 2)
+    hole = types.Position(line=11, character=26 + len('"wörld 🌍" + '.encode("utf-16-le")) // 2)
     result = await client.text_document_inline_completion_async(inline_params(hole))
     expected = cli_complete(tiny_checkpoint, edited, hole, tmp_path)
     assert [item.insert_text for item in result.items] == ([expected["text"]] if expected["text"] else [])
