@@ -61,3 +61,10 @@ def attach_client_logging(server: LanguageServer) -> None:
     handler = LspLogHandler(server)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("dgemma_lsp").addHandler(handler)
+
+
+def detach_client_logging() -> None:
+    """Stop forwarding to the client (its connection is closing); stderr or the file still log."""
+    ours = logging.getLogger("dgemma_lsp")
+    for handler in [h for h in ours.handlers if isinstance(h, LspLogHandler)]:
+        ours.removeHandler(handler)

@@ -31,7 +31,7 @@ from dgemma_lsp.cache import SuggestionCache
 from dgemma_lsp.context import ContextBudget, FimContext, SyntaxDocument, UnsupportedDocument, language_for
 from dgemma_lsp.edits import FILL_COMMAND, fill_context, find_holes
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete
-from dgemma_lsp.log import attach_client_logging
+from dgemma_lsp.log import attach_client_logging, detach_client_logging
 from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.options import MODEL_ENV, MODEL_FIELDS, Options, parse_options, resolve_model_path
 from dgemma_lsp.policy import Debouncer, candidate_seeds, language_enabled
@@ -52,7 +52,7 @@ NO_MODEL_HELP = (
 )
 
 
-_ANSWERED = object()  # a request already answered while it was being read
+_HANDLED = object()  # a message dealt with while it was being read
 
 
 class DgemmaProtocol(LanguageServerProtocol):
@@ -60,19 +60,22 @@ class DgemmaProtocol(LanguageServerProtocol):
         try:
             return super().structure_message(data)
         except JsonRpcInvalidParams as exc:
-            if "id" not in data or "method" not in data:
-                raise  # a notification: nothing to answer
-            # JSON-RPC answers a request whose params don't fit with InvalidParams; pygls would drop it
-            # (the client waits forever) and pop up "Invalid Params" in the editor instead.
+            if "method" not in data:
+                raise
+            # pygls would drop the message and pop up "Invalid Params" in the editor, naming nothing; a
+            # request's client would wait forever. JSON-RPC answers a request with InvalidParams.
             where = "; ".join(transform_error(exc.__cause__, path="$")) if exc.__cause__ else ""
             where = re.sub(r"_([a-z])", lambda m: m[1].upper(), where)  # LSP's names, not lsprotocol's
+            if "id" not in data:  # a notification: nothing to answer, the client's log says what was wrong
+                log.warning("%s notification ignored, invalid params: %s", data["method"], where)
+                return _HANDLED
             log.warning("%s request %s has invalid params: %s", data["method"], data["id"], where)
             error = JsonRpcInvalidParams(f"Invalid params for {data['method']}: {where}")
             self._send_response(data["id"], error=error.to_response_error())
-            return _ANSWERED
+            return _HANDLED
 
     def handle_message(self, message: Any) -> None:
-        if message is not _ANSWERED:
+        if message is not _HANDLED:
             super().handle_message(message)
 
     # The server keeps each document once, as a SyntaxDocument. pygls's own copy (its workspace) went unused
@@ -638,6 +641,12 @@ def shutdown(ls: DgemmaServer, params: Any) -> None:
     ls.engine.close()
 
 
+def exit_(ls: DgemmaServer, params: Any) -> None:
+    # pygls closes stdout next. A model still loading goes on logging, and each record sent to the closed
+    # pipe made pygls report the failure by sending again: thousands of tracebacks on stderr.
+    detach_client_logging()
+
+
 def create_server(
     model: str | None = None,
     device: str | None = None,
@@ -662,4 +671,5 @@ def create_server(
     ls.command(FILL_COMMAND)(fill_range)
     ls.feature(STATS)(stats)
     ls.feature(types.SHUTDOWN)(shutdown)
+    ls.feature(types.EXIT)(exit_)
     return ls

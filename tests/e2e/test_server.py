@@ -253,13 +253,15 @@ def initialize(options: dict | None = None) -> list[dict]:
 
 async def test_client_mistakes_get_answers_not_error_popups() -> None:
     """Raw JSON-RPC, as a conforming client cannot send it: a negative line gets InvalidParams naming the
-    field (pygls alone would drop the request and pop up "Invalid Params"); a change to a document never
-    opened is ignored (pygls's copy of the documents popped up a KeyError); the server stays up."""
+    field (pygls alone would drop the request and pop up "Invalid Params"); a notification that doesn't fit
+    its type is ignored and the client's log names the field; a change to a document never opened is
+    ignored (pygls's copy of the documents popped up a KeyError); the server stays up."""
     position = {"line": -1, "character": 0}
     replies, out = await raw_session([
         *initialize(),
         {"id": 2, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": {
             "textDocument": {"uri": URI}, "position": position, "context": {"triggerKind": 1}}},
+        {"method": types.TEXT_DOCUMENT_DID_OPEN, "params": {"textDocument": {"uri": URI, "text": "x = 1"}}},
         {"method": types.TEXT_DOCUMENT_DID_CHANGE, "params": {
             "textDocument": {"uri": URI, "version": 2}, "contentChanges": [{"text": "x = 1"}]}},
         {"id": 3, "method": "shutdown"},
@@ -270,7 +272,9 @@ async def test_client_mistakes_get_answers_not_error_popups() -> None:
     assert "invalid value @ $.params.position" in answers[2]["error"]["message"]
     assert answers[3]["result"] is None and out.returncode == 0
     popups = [r["params"] for r in replies if r.get("method") == "window/showMessage"]
-    assert not [p for p in popups if p["type"] == types.MessageType.Error]
+    assert not [p for p in popups if p["type"] == types.MessageType.Error], popups
+    logged = [r["params"]["message"] for r in replies if r.get("method") == "window/logMessage"]
+    assert any("didOpen notification ignored" in m and "languageId" in m for m in logged), logged
 
 
 async def test_a_client_gone_while_the_model_loads_ends_the_server_quietly(tiny_checkpoint: Path) -> None:
@@ -279,6 +283,16 @@ async def test_a_client_gone_while_the_model_loads_ends_the_server_quietly(tiny_
     _, out = await raw_session(initialize({"modelPath": str(tiny_checkpoint)}))
     assert out.returncode == 1
     assert b"Traceback" not in out.stderr, out.stderr.decode()[-2000:]
+
+
+async def test_an_exit_while_the_model_loads_is_quiet(tiny_checkpoint: Path) -> None:
+    """Shutdown and exit before the model has loaded (an editor opened and closed at once): exit 0, and no
+    traceback from logging the load to a client whose pipe pygls has closed."""
+    replies, out = await raw_session([
+        *initialize({"modelPath": str(tiny_checkpoint)}), {"id": 2, "method": "shutdown"}, {"method": "exit"}
+    ])  # fmt: skip
+    assert [r["result"] for r in replies if r.get("id") == 2] == [None] and out.returncode == 0
+    assert b"Traceback" not in out.stderr, out.stderr.decode()[:3000]
 
 
 async def test_without_a_configured_model_the_bundled_one_completes(monkeypatch) -> None:
