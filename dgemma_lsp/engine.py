@@ -78,9 +78,9 @@ def complete(
     """
     start = time.perf_counter()
     seed = random.randrange(2**31) if seed is None else seed
-    # After a line's indentation the model is shown the line start and writes the indentation itself: a
-    # prompt ending in it splits "\n    return" where the file's own tokens don't ("\n   ", " return"),
-    # and the bundled model answered it by typing the indentation again (3 suggestions in 4, doubled).
+    # After a line's indentation the model is shown the line start and writes the indentation itself (as
+    # llama.vim does): a prompt ending in it splits "\n    return" where the file's tokens don't ("\n   ",
+    # " return"), and the bundled model typed the indentation again, doubling it, in most suggestions.
     indent = ctx.indent_at_cursor
     fill = infiller.fill(
         ctx.prefix.removesuffix(indent),
