@@ -392,17 +392,20 @@ HEAD_LOSS = torch.compile(head_loss, dynamic=False)
 
 
 def diffusion_loss(
-    model: DiffusionGemmaForBlockDiffusion, batch: Batch, generator: torch.Generator
+    model: DiffusionGemmaForBlockDiffusion, batch: Batch, generator: torch.Generator, draws: int = 1
 ) -> torch.Tensor:
-    canvas, vocab = batch.canvas, model.config.text_config.vocab_size
+    canvas, scored = batch.canvas.repeat_interleave(draws, 0), batch.scored.repeat_interleave(draws, 0)
+    vocab = model.config.text_config.vocab_size
     b, c = canvas.shape
     t = torch.rand(b, 1, generator=generator, device=canvas.device) * 0.999 + 0.001
     noise = torch.randint(0, vocab, canvas.shape, generator=generator, device=canvas.device)
-    noised = (torch.rand(b, c, generator=generator, device=canvas.device) < t) & batch.scored
+    noised = (torch.rand(b, c, generator=generator, device=canvas.device) < t) & scored
     noisy = torch.where(noised, noise, canvas)
     self_cond = torch.rand(b, generator=generator, device=canvas.device) < 0.5
-    # The prompt is encoded once: both decoder passes read the same cache (the decoder never writes it).
+    # The prompt is encoded once: every decoder pass reads the same cache (the decoder never writes it).
     encoded = model.model.encoder(input_ids=batch.prompt)
+    if draws > 1:
+        encoded.cache.batch_repeat_interleave(draws)
 
     def canvas_logits(sc_logits: torch.Tensor | None) -> torch.Tensor:
         hidden = model.model.decoder(
@@ -418,7 +421,7 @@ def diffusion_loss(
         with torch.no_grad():
             sc_logits = canvas_logits(None)
     logits = canvas_logits(sc_logits)
-    canvas_loss = F.cross_entropy(logits[batch.scored], canvas[batch.scored])
+    canvas_loss = F.cross_entropy(logits[scored], canvas[scored])
     # The encoder's own next-token loss on the prompt (the reference trains it too).
     ar_loss = HEAD_LOSS(
         encoded.last_hidden_state[:, :-1],
@@ -494,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         "--init", type=Path, help="start from this exported model (e.g. model/bundled) and its tokenizer"
     )
     parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument(
+        "--draws", type=int, default=1, help="noised copies of each canvas per encoded prompt"
+    )
     args = parser.parse_args(argv)
 
     size, device = SIZES[args.size], torch.device(args.device)
@@ -560,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * done()))
         for group in optim.param_groups:
             group["lr"] = args.lr * max(lr_scale, 0.05)
-        loss = diffusion_loss(model, examples.batch(batch, device), generator)
+        loss = diffusion_loss(model, examples.batch(batch, device), generator, args.draws)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -574,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     save_training_state(work / "checkpoint", model, optim, step, trained_minutes())
     recent = losses[-50:] or [float("nan")]
     export(model, tokenizer, args.out, manifest, {
-        "steps": step, "batch": batch, "device": str(device), "size": args.size,
+        "steps": step, "batch": batch, "draws": args.draws, "device": str(device), "size": args.size,
         "minutes": round(trained_minutes(), 1), "final_loss": sum(recent) / len(recent),
         **({"continued_from": earlier} if earlier else {}),
     })  # fmt: skip

@@ -15,11 +15,14 @@ from dgemma_lsp.model.prompt import has_fim_tokens
 from dgemma_lsp.model.train import (
     BANNED_PATH_PARTS,
     SIZES,
+    Batch,
     Examples,
     collect_corpus,
     corpus_from_file,
+    diffusion_loss,
     heldout_tasks,
     main,
+    make_config,
     permissive,
     split_heldout,
     train_tokenizer,
@@ -112,6 +115,22 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
     assert kinds == {"first block", "later block", "clamped", "rest of line", "whole indented lines"}
 
 
+def test_draws_noise_each_canvas_again_for_one_encoding_of_its_prompt() -> None:
+    """`draws` K is K copies of each example in the batch, their prompts encoded once."""
+    import random
+
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(make_config(SIZES["toy"]))
+    encode = lambda text: [ord(c) for c in text]  # noqa: E731
+    batch = Examples([CODE], SIZES["toy"], IDS, encode, random.Random(0)).batch(3, torch.device("cpu"))
+    copies = Batch(*(x.repeat_interleave(2, 0) for x in (batch.prompt, batch.canvas, batch.scored)))
+    drawn = diffusion_loss(model, batch, torch.Generator().manual_seed(1), draws=2)
+    torch.testing.assert_close(drawn, diffusion_loss(model, copies, torch.Generator().manual_seed(1)))
+    assert not torch.equal(drawn, diffusion_loss(model, batch, torch.Generator().manual_seed(1)))
+
+
 def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens() -> None:
     """With a real BPE, "\n" and the next line's indentation are one token of the file; a cursor at the
     start of an indented line still gets a prompt ending in a lone "\n", as the server builds it."""
@@ -155,9 +174,9 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert fill.steps >= 1
     # Continuing from the exported model: its tokenizer and weights, the earlier run kept in the manifest.
     further = tmp_path / "further"
-    assert main([*common[2:], "--out", str(further), "--steps", "1", "--init", str(out)]) == 0
+    assert main([*common[2:], "--out", str(further), "--steps", "1", "--init", str(out), "--draws", "2"]) == 0
     info = json.loads((further / "corpus_manifest.json").read_text())
-    assert info["training"]["continued_from"]["training"]["steps"] == 3
+    assert info["training"]["continued_from"]["training"]["steps"] == 3 and info["training"]["draws"] == 2
     assert (further / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
 
 
