@@ -202,16 +202,15 @@ class Generator:
         cursor = doc.position_at(len(task.prompt))
         ctx = doc.context_at(cursor.line, cursor.character)
         indent = ctx.indent_at_cursor  # the model writes the cursor line's indentation too
-        true_tokens = tokenizer.encode(indent + task.canonical_solution, add_special_tokens=False)
         if oracle_length:
-            ctx = replace(ctx, max_middle_tokens=len(true_tokens))
+            true_length = len(tokenizer.encode(indent + task.canonical_solution, add_special_tokens=False))
+            ctx = replace(ctx, max_middle_tokens=true_length)
         result = complete(self.infiller, ctx, seed=self.seed)
+        written = tokenizer.encode(indent + result.raw, add_special_tokens=False)
         text = result.text
         if oracle_length:  # the canvas is fixed-size: give back exactly as many tokens as the truth has
-            ids = tokenizer.encode(indent + result.raw, add_special_tokens=False)[: len(true_tokens)]
-            text = after_indentation(tokenizer.decode(ids), indent)
-        tokens = len(tokenizer.encode(result.raw, add_special_tokens=False))
-        return text, result.steps, tokens, result.total_ms
+            text = after_indentation(tokenizer.decode(written[:true_length]), indent)
+        return text, result.steps, len(written), result.total_ms
 
 
 def evaluate(
