@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -21,7 +22,14 @@ from typing import Any
 import msgspec
 from cattrs import transform_error
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import (
+    JsonRpcException,
+    JsonRpcInternalError,
+    JsonRpcInvalidParams,
+    JsonRpcInvalidRequest,
+    JsonRpcParseError,
+    JsonRpcServerNotInitialized,
+)
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -73,10 +81,41 @@ class DgemmaProtocol(LanguageServerProtocol):
             error = JsonRpcInvalidParams(f"Invalid params for {data['method']}: {where}")
             self._send_response(data["id"], error=error.to_response_error())
             return _HANDLED
+        except JsonRpcInternalError:  # neither request, notification nor response: nothing to answer
+            log.warning("ignored a message of no JSON-RPC kind: %.200s", json.dumps(data))
+            return _HANDLED
+
+    initialize_seen = False
 
     def handle_message(self, message: Any) -> None:
-        if message is not _HANDLED:
-            super().handle_message(message)
+        # pygls serves requests before `initialize`, drops those after `shutdown` unanswered (the client
+        # waits forever) and pops up an AttributeError for JSON that is no JSON-RPC message; LSP and
+        # JSON-RPC say how each is answered.
+        if message is _HANDLED:
+            return
+        if not hasattr(message, "jsonrpc"):  # a batch, a number, an object without "jsonrpc"
+            self._refuse(None, JsonRpcInvalidRequest("Invalid Request: not a JSON-RPC 2.0 message"))
+            return
+        method = getattr(message, "method", None)
+        request = method is not None and hasattr(message, "id")
+        if method == types.INITIALIZE:
+            self.initialize_seen = True
+        elif method is not None and method != types.EXIT and not self.initialize_seen:
+            if request:
+                self._refuse(message.id, JsonRpcServerNotInitialized(f"{method} before initialize"))
+            else:
+                log.warning("%s notification before initialize ignored", method)
+            return
+        if self._shutdown and request and method != types.EXIT:
+            self._refuse(message.id, JsonRpcInvalidRequest(f"{method} after shutdown"))
+            return
+        super().handle_message(message)
+
+    def _refuse(self, msg_id: Any, error: JsonRpcException) -> None:
+        log.warning("answered %s", error)
+        # A plain dict: the converter would leave out a null id, which JSON-RPC requires.
+        response_error = self._converter.unstructure(error.to_response_error())
+        self._send_data({"jsonrpc": self.VERSION, "id": msg_id, "error": response_error})
 
     # The server keeps each document once, as a SyntaxDocument. pygls's own copy (its workspace) went unused
     # and cost a split of the whole text per keystroke (39 ms in a 2.7 MB file), so it is not kept.
@@ -113,6 +152,19 @@ class DgemmaProtocol(LanguageServerProtocol):
         if params.capabilities.general is not None:
             params.capabilities.general.position_encodings = None
         return (yield from super().lsp_initialize(params))
+
+
+def _not_answered_here(record: logging.LogRecord) -> bool:
+    """pygls's tracebacks on stderr for messages DgemmaProtocol answers and logs in a line of its own."""
+    if str(record.msg).startswith("Unable to deserialize message"):
+        return False
+    return not (
+        record.exc_info and isinstance(record.exc_info[1], (json.JSONDecodeError, UnicodeDecodeError))
+    )
+
+
+logging.getLogger("pygls.protocol.json_rpc").addFilter(_not_answered_here)
+logging.getLogger("pygls.server").addFilter(_not_answered_here)
 
 
 class DgemmaServer(LanguageServer):
@@ -154,6 +206,14 @@ class DgemmaServer(LanguageServer):
             line_middle_tokens=o.line_middle_tokens,
             block_middle_tokens=o.block_middle_tokens,
         )
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+            # A body that is no JSON (or no UTF-8): JSON-RPC answers Parse error with a null id; pygls
+            # popped up "Error in server: Expecting value ..." in the editor instead.
+            self.protocol._refuse(None, JsonRpcParseError(f"Parse error: {error}"))
+            return
+        super().report_server_error(error, source)
 
     def show(self, message: str, kind: types.MessageType) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=message))

@@ -237,9 +237,10 @@ async def test_binary_document_gets_no_items_and_a_message(session) -> None:
     )
 
 
-async def raw_session(messages: list[dict]) -> tuple[list[dict], subprocess.CompletedProcess]:
-    """The server fed these JSON-RPC messages, then the end of its input: its replies, and how it ended."""
-    bodies = [json.dumps({"jsonrpc": "2.0", **m}).encode() for m in messages]
+async def raw_session(messages: list[dict | bytes]) -> tuple[list[dict], subprocess.CompletedProcess]:
+    """The server fed these JSON-RPC messages (bytes: a body as it is), then the end of its input: its
+    replies, and how it ended."""
+    bodies = [m if isinstance(m, bytes) else json.dumps({"jsonrpc": "2.0", **m}).encode() for m in messages]
     stdin = b"".join(b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
     out = await asyncio.to_thread(subprocess.run, SERVER, input=stdin, capture_output=True, timeout=120)
     headers = rb"Content-Length: \d+\r\n(?:.+\r\n)*\r\n"
@@ -275,6 +276,32 @@ async def test_client_mistakes_get_answers_not_error_popups() -> None:
     assert not [p for p in popups if p["type"] == types.MessageType.Error], popups
     logged = [r["params"]["message"] for r in replies if r.get("method") == "window/logMessage"]
     assert any("didOpen notification ignored" in m and "languageId" in m for m in logged), logged
+
+
+async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_say() -> None:
+    """A request before initialize gets ServerNotInitialized and one after shutdown InvalidRequest (pygls
+    served the first and left the second unanswered); a body that is no JSON gets Parse error and JSON that
+    is no JSON-RPC message Invalid Request, both with a null id (pygls popped up "Error in server" and
+    wrote tracebacks on stderr)."""
+    inline = {
+        "textDocument": {"uri": URI},
+        "position": {"line": 0, "character": 0},
+        "context": {"triggerKind": 1},
+    }
+    replies, out = await raw_session([
+        {"id": 1, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": inline},
+        *[{**m, "id": 2} if "id" in m else m for m in initialize()],
+        b'{"jsonrpc": "2.0", "id": 3, "method": ',
+        b"[1, 2]",
+        {"id": 4, "method": "shutdown"},
+        {"id": 5, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": inline},
+        {"method": "exit"},
+    ])  # fmt: skip
+    errors = [(r.get("id"), r["error"]["code"]) for r in replies if "error" in r]
+    assert errors == [(1, -32002), (None, -32700), (None, -32600), (5, -32600)], replies
+    assert [r["result"] for r in replies if r.get("id") == 4] == [None] and out.returncode == 0
+    assert not [r for r in replies if r.get("method") == "window/showMessage" and r["params"]["type"] == 1]
+    assert b"Traceback" not in out.stderr, out.stderr.decode()[-3000:]
 
 
 async def test_a_client_gone_while_the_model_loads_ends_the_server_quietly(tiny_checkpoint: Path) -> None:
