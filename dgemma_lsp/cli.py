@@ -391,17 +391,19 @@ def _doctor(args: argparse.Namespace) -> int:
         report("model", False, f"none configured: pass --model DIR or set ${MODEL_ENV}")
     else:
         from dgemma_lsp.engine import load_model
-        from dgemma_lsp.model.checkpoint import ModelLoadError
+        from dgemma_lsp.model.checkpoint import ModelLoadError, read_languages
 
         try:
             start = time.perf_counter()
             loaded = load_model(model_path, args.device, backend=args.backend, kernels=args.kernels)
             seconds = time.perf_counter() - start
+            languages = read_languages(loaded.path)
             report(
                 "model",
                 True,
                 f"{loaded.path} loads on {loaded.device} ({loaded.dtype}) in {seconds:.1f} s;"
-                f" vocab {loaded.vocab_size}, canvas {loaded.canvas_length}",
+                f" vocab {loaded.vocab_size}, canvas {loaded.canvas_length}"
+                + (f"; trained on {', '.join(languages)} only" if languages else ""),
             )
         except ModelLoadError as exc:
             report("model", False, str(exc))

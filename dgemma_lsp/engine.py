@@ -9,6 +9,7 @@ Background jobs (speculative completions) give way to every foreground job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from dgemma_lsp.context import FimContext
 from dgemma_lsp.kernels import Kernels
-from dgemma_lsp.model.checkpoint import LoadedModel, ModelLoadError, load_checkpoint
+from dgemma_lsp.model.checkpoint import LoadedModel, ModelLoadError, load_checkpoint, read_languages
 from dgemma_lsp.model.compiled import InductorSteps
 from dgemma_lsp.model.denoise import Cancelled
 from dgemma_lsp.model.infill import CanvasMode, Infiller
@@ -139,6 +140,7 @@ class Engine:
         self.state = EngineState.NO_MODEL
         self.message = "No model configured."
         self.loaded: LoadedModel | None = None
+        self.languages: tuple[str, ...] | None = None  # what the model was trained on, if it says
         self.max_prompt_tokens = max_prompt_tokens
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._latest: dict[str, _Job] = {}
@@ -169,6 +171,8 @@ class Engine:
         if model_path is None:
             self._set_state(EngineState.NO_MODEL, self.message)
             return
+        with contextlib.suppress(ModelLoadError):  # known before the load, which reports a bad folder
+            self.languages = read_languages(model_path)
         self._set_state(EngineState.LOADING, f"Loading model from {model_path} ...")
         self._thread = threading.Thread(
             target=self._work,

@@ -47,10 +47,15 @@ class Debouncer:
         return max(DEBOUNCE_MIN_MS / 1000, wait_ms / 1000 - since)
 
 
-def language_enabled(enable: dict[str, bool], language_id: str | None) -> bool:
-    """Per-language switch: the languageId's own entry, else "*", else on."""
+def language_enabled(
+    enable: dict[str, bool], language_id: str | None, trained: tuple[str, ...] | None = None
+) -> bool:
+    """Per-language switch: the languageId's own entry, else off for a language the model was not `trained`
+    on (when it names them), else "*", else on."""
     if language_id is not None and language_id in enable:
         return enable[language_id]
+    if trained is not None and language_id not in trained:
+        return False
     return enable.get("*", True)
 
 

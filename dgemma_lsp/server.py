@@ -186,6 +186,7 @@ class DgemmaServer(LanguageServer):
         self.documents: dict[str, SyntaxDocument] = {}
         self.language_ids: dict[str, str] = {}  # uri -> LSP languageId, for per-language enable
         self.refused: set[str] = set()  # documents we already told the user we can't complete
+        self.untrained: set[str | None] = set()  # languageIds we told the user the model doesn't know
         self.cache = SuggestionCache()
         self.debouncer = Debouncer()
         self.stats = Stats()
@@ -247,6 +248,7 @@ class DgemmaServer(LanguageServer):
         old.close()
         await asyncio.to_thread(old.join)
         self.cache.clear()
+        self.untrained.clear()
         self.start_engine()
 
     def _report_state(self, state: EngineState, message: str) -> None:
@@ -355,6 +357,23 @@ class DgemmaServer(LanguageServer):
         doc = self.documents.get(uri)
         return position if doc is None else doc.position_at(doc.offset_at(position.line, position.character))
 
+    def completes(self, uri: str) -> bool:
+        """Whether the model may run for this document: it is (being) loaded and the language is on."""
+        if not self.engine.accepting:
+            return False
+        language, trained = self.language_ids.get(uri), self.engine.languages
+        if language_enabled(self.options.enable, language, trained):
+            return True
+        if trained is not None and language not in trained and language not in self.untrained:
+            self.untrained.add(language)  # say why once per language, not per request
+            self.show(
+                f"dgemma-lsp: this model was trained on {', '.join(trained)} code only, so it suggests "
+                f"nothing in {language} documents. Point `modelPath` at a DiffusionGemma checkpoint, or "
+                f'set `enable` to {{"{language}": true}} to try it anyway.',
+                types.MessageType.Info,
+            )
+        return False
+
     async def suggest(
         self, uri: str, position: types.Position, *, invoked: bool, method: str
     ) -> list[Suggestion]:
@@ -362,11 +381,7 @@ class DgemmaServer(LanguageServer):
         received = time.perf_counter()
         self.stats.count("requests")
         doc = self.documents.get(uri)
-        if (
-            doc is None
-            or not self.engine.accepting
-            or not language_enabled(self.options.enable, self.language_ids.get(uri))
-        ):
+        if doc is None or not self.completes(uri):
             return []
         with self.latest((uri, method)):
             try:
@@ -623,11 +638,7 @@ def code_action(ls: DgemmaServer, params: types.CodeActionParams) -> list[types.
     """Fill the selection when there is one, and each hole marker in the requested lines."""
     uri, where = params.text_document.uri, params.range
     doc = ls.documents.get(uri)
-    if (
-        doc is None
-        or not ls.engine.accepting
-        or not language_enabled(ls.options.enable, ls.language_ids.get(uri))
-    ):
+    if doc is None or not ls.completes(uri):
         return []
     actions = []
     if where.start != where.end:

@@ -93,6 +93,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def read_languages(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """config.json's `languages`: the LSP languageIds a model trained on only some languages names."""
+    config_path = Path(path).expanduser() / "config.json"
+    languages = _read_config(config_path.parent).get("languages")
+    if languages is None:
+        return None
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise ModelLoadError(f"{config_path}: `languages` must be a list of LSP languageIds.")
+    return tuple(languages)
+
+
 def read_safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
     """Read only the header: catches truncated or non-safetensors files without loading any tensor.
 
@@ -200,6 +211,7 @@ def open_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
         raise ModelLoadError(f"{folder} is a file; pass the checkpoint folder that holds it. {DOWNLOAD_HINT}")
     folder = folder.resolve()
     config = _read_config(folder)
+    read_languages(folder)  # a malformed list is an error at load, not a model that completes everything
     weights = _check_weights(folder)
     _check_tokenizer(folder)
     try:

@@ -597,6 +597,7 @@ def export(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.config.fim_order = "spm"  # the order Examples lays prompts out in: suffix first
+    model.config.languages = ["python"]  # the corpus is Python files only: the server completes no other
     model.eval().to("cpu", torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     generation = {

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgemma_lsp.model.checkpoint import ModelLoadError, load_checkpoint, resolve_device
+from dgemma_lsp.model.checkpoint import ModelLoadError, load_checkpoint, read_languages, resolve_device
 from dgemma_lsp.model.denoise import SamplerSettings
+from dgemma_lsp.options import BUNDLED_MODEL
 
 
 @pytest.fixture
@@ -78,6 +79,18 @@ def test_wrong_model_type(copy_of: Path) -> None:
     config["model_type"] = "gemma3"
     (copy_of / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="model_type 'gemma3', expected 'diffusion_gemma'"):
+        load_checkpoint(copy_of)
+
+
+def test_languages_from_config(copy_of: Path) -> None:
+    """A model trained on some languages names them in config.json; the server completes no others."""
+    assert read_languages(copy_of) is None
+    config = json.loads((copy_of / "config.json").read_text())
+    (copy_of / "config.json").write_text(json.dumps({**config, "languages": ["python", "cython"]}))
+    assert read_languages(copy_of) == ("python", "cython")
+    assert read_languages(BUNDLED_MODEL) == ("python",)
+    (copy_of / "config.json").write_text(json.dumps({**config, "languages": "python"}))
+    with pytest.raises(ModelLoadError, match="`languages` must be a list of LSP languageIds"):
         load_checkpoint(copy_of)
 
 

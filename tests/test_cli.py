@@ -85,7 +85,8 @@ def test_doctor_checks_everything(tiny_checkpoint: Path, capsys, monkeypatch, tm
     assert "[ok] model" in out and "[ok] tree-sitter" in out and "[ok] torch" in out
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
     assert main(["doctor"]) == 0
-    assert f"[ok] model: {options.BUNDLED_MODEL}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"[ok] model: {options.BUNDLED_MODEL}" in out and "trained on python only" in out
     monkeypatch.setattr(options, "BUNDLED_MODEL", tmp_path / "removed")
     assert main(["doctor"]) == 1
     assert "[FAIL] model" in capsys.readouterr().out

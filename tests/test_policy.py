@@ -83,18 +83,26 @@ def test_documents_have_their_own_rate() -> None:
 
 
 @pytest.mark.parametrize(
-    "enable, language_id, expected",
+    "enable, language_id, trained, expected",
     [
-        ({}, "python", True),
-        ({"markdown": False}, "markdown", False),
-        ({"markdown": False}, "python", True),
-        ({"*": False, "python": True}, "python", True),
-        ({"*": False, "python": True}, "go", False),
-        ({"*": False}, None, False),
+        ({}, "python", None, True),
+        ({"markdown": False}, "markdown", None, False),
+        ({"markdown": False}, "python", None, True),
+        ({"*": False, "python": True}, "python", None, True),
+        ({"*": False, "python": True}, "go", None, False),
+        ({"*": False}, None, None, False),
+        # a model trained on Python only: off elsewhere unless the language is named
+        ({}, "python", ("python",), True),
+        ({}, "rust", ("python",), False),
+        ({"*": True}, "rust", ("python",), False),
+        ({"rust": True}, "rust", ("python",), True),
+        ({"python": False}, "python", ("python",), False),
     ],
 )
-def test_language_enabled(enable: dict[str, bool], language_id: str | None, expected: bool) -> None:
-    assert language_enabled(enable, language_id) is expected
+def test_language_enabled(
+    enable: dict[str, bool], language_id: str | None, trained: tuple[str, ...] | None, expected: bool
+) -> None:
+    assert language_enabled(enable, language_id, trained) is expected
 
 
 def test_candidate_seeds() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dgemma_lsp.model.checkpoint import load_checkpoint
+from dgemma_lsp.model.checkpoint import load_checkpoint, read_languages
 from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.model.prompt import has_fim_tokens
 from dgemma_lsp.model.train import (
@@ -170,6 +170,7 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert info["training"]["steps"] == 3 and info["packages"]
     loaded = load_checkpoint(out)  # the same loader the server uses
     assert loaded.canvas_length == SIZES["toy"].canvas and has_fim_tokens(loaded.tokenizer)
+    assert read_languages(out) == ("python",)  # a corpus of Python files: the server completes no other
     fill = Infiller(loaded).fill("def f(x):\n    return ", "\n", max_new_tokens=8, seed=0)
     assert fill.steps >= 1
     # Continuing from the exported model: its tokenizer and weights, the earlier run kept in the manifest.

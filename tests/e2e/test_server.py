@@ -336,6 +336,36 @@ async def test_without_a_configured_model_the_bundled_one_completes(monkeypatch)
     assert await stop(client) == 0
 
 
+async def test_the_bundled_model_suggests_only_in_python_unless_told(monkeypatch) -> None:
+    """It was trained on Python files only (config.json's `languages`): in a Rust document it suggests
+    nothing, without running, and says why once; `enable` naming the language asks it anyway."""
+    monkeypatch.delenv("DGEMMA_MODEL", raising=False)
+    client, _ = await start(None)
+    rust = "file:///tmp/main.rs"
+    open_doc(client, "fn main() {\n    let v = vec![1, 2, 3];\n    \n}\n", rust, "rust")
+    for _ in range(2):
+        completion = await client.text_document_inline_completion_async(
+            inline_params(types.Position(2, 4), rust)
+        )
+        assert completion.items == ()
+    told = [m.message for m in client.messages if "trained on python code only" in m.message]
+    assert len(told) == 1 and "rust documents" in told[0], told
+    report = await client.protocol.send_request_async("dgemma/stats", None)
+    assert report.requests == 2 and report.served + report.empty == 0
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {"enable": {"rust": True}}})
+    )
+    for _ in range(100):  # settings apply asynchronously
+        report = await client.protocol.send_request_async("dgemma/stats", None)
+        if getattr(report.options.enable, "rust", False):
+            break
+        await asyncio.sleep(0.05)
+    await client.text_document_inline_completion_async(inline_params(types.Position(2, 4), rust))
+    report = await client.protocol.send_request_async("dgemma/stats", None)
+    assert report.served + report.empty == 1  # the model ran
+    assert await stop(client) == 0
+
+
 async def test_corrupt_checkpoint_and_bad_options_are_reported(tiny_checkpoint: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
