@@ -154,17 +154,23 @@ class DgemmaProtocol(LanguageServerProtocol):
         return (yield from super().lsp_initialize(params))
 
 
-def _not_answered_here(record: logging.LogRecord) -> bool:
-    """pygls's tracebacks on stderr for messages DgemmaProtocol answers and logs in a line of its own."""
+def _answered_in_a_line(record: logging.LogRecord) -> bool:
+    """pygls logs a traceback on stderr (the editor's LSP log) for each error the client is answered with,
+    and for each message DgemmaProtocol answers and logs itself: a line is enough, and none for those."""
+    exc = record.exc_info[1] if record.exc_info else None
     if str(record.msg).startswith("Unable to deserialize message"):
         return False
-    return not (
-        record.exc_info and isinstance(record.exc_info[1], (json.JSONDecodeError, UnicodeDecodeError))
-    )
+    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return False
+    if isinstance(exc, JsonRpcException):
+        record.msg, record.args = f"{record.getMessage()}: answered {exc}", ()
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
-logging.getLogger("pygls.protocol.json_rpc").addFilter(_not_answered_here)
-logging.getLogger("pygls.server").addFilter(_not_answered_here)
+logging.getLogger("pygls.protocol.json_rpc").addFilter(_answered_in_a_line)
+logging.getLogger("pygls.server").addFilter(_answered_in_a_line)
 
 
 class DgemmaServer(LanguageServer):

@@ -16,6 +16,7 @@ from pygls.exceptions import JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from dgemma_lsp import options
+from dgemma_lsp.edits import FILL_COMMAND
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -282,7 +283,7 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
     """A request before initialize gets ServerNotInitialized and one after shutdown InvalidRequest (pygls
     served the first and left the second unanswered); a body that is no JSON gets Parse error and JSON that
     is no JSON-RPC message Invalid Request, both with a null id (pygls popped up "Error in server" and
-    wrote tracebacks on stderr)."""
+    wrote tracebacks on stderr); an answered error is a line on stderr, not a traceback."""
     inline = {
         "textDocument": {"uri": URI},
         "position": {"line": 0, "character": 0},
@@ -293,12 +294,13 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
         *[{**m, "id": 2} if "id" in m else m for m in initialize()],
         b'{"jsonrpc": "2.0", "id": 3, "method": ',
         b"[1, 2]",
+        {"id": 6, "method": "workspace/executeCommand", "params": {"command": FILL_COMMAND, "arguments": []}},
         {"id": 4, "method": "shutdown"},
         {"id": 5, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": inline},
         {"method": "exit"},
     ])  # fmt: skip
     errors = [(r.get("id"), r["error"]["code"]) for r in replies if "error" in r]
-    assert errors == [(1, -32002), (None, -32700), (None, -32600), (5, -32600)], replies
+    assert errors == [(1, -32002), (None, -32700), (None, -32600), (6, -32602), (5, -32600)], replies
     assert [r["result"] for r in replies if r.get("id") == 4] == [None] and out.returncode == 0
     assert not [r for r in replies if r.get("method") == "window/showMessage" and r["params"]["type"] == 1]
     assert b"Traceback" not in out.stderr, out.stderr.decode()[-3000:]
