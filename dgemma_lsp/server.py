@@ -81,8 +81,14 @@ class DgemmaProtocol(LanguageServerProtocol):
             error = JsonRpcInvalidParams(f"Invalid params for {data['method']}: {where}")
             self._send_response(data["id"], error=error.to_response_error())
             return _HANDLED
-        except JsonRpcInternalError:  # neither request, notification nor response: nothing to answer
-            log.warning("ignored a message of no JSON-RPC kind: %.200s", json.dumps(data))
+        except JsonRpcInternalError:
+            if "method" in data and "params" not in data:
+                # JSON-RPC lets a message leave params out; pygls's type for our own methods does not.
+                return self.structure_message({**data, "params": None})
+            if "method" in data and "id" in data:
+                self._refuse(data["id"], JsonRpcInvalidRequest(f"Invalid Request: {data['method']}"))
+            else:  # a response with neither result nor error, say: nothing to answer
+                log.warning("ignored a message of no JSON-RPC kind: %.200s", json.dumps(data))
             return _HANDLED
 
     initialize_seen = False

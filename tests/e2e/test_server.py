@@ -266,6 +266,7 @@ async def test_client_mistakes_get_answers_not_error_popups() -> None:
         {"method": types.TEXT_DOCUMENT_DID_OPEN, "params": {"textDocument": {"uri": URI, "text": "x = 1"}}},
         {"method": types.TEXT_DOCUMENT_DID_CHANGE, "params": {
             "textDocument": {"uri": URI, "version": 2}, "contentChanges": [{"text": "x = 1"}]}},
+        {"id": 4, "method": "dgemma/stats"},  # no params: JSON-RPC allows it, pygls's own type did not
         {"id": 3, "method": "shutdown"},
         {"method": "exit"},
     ])  # fmt: skip
@@ -273,6 +274,7 @@ async def test_client_mistakes_get_answers_not_error_popups() -> None:
     assert answers[2]["error"]["code"] == -32602
     assert "invalid value @ $.params.position" in answers[2]["error"]["message"]
     assert answers[3]["result"] is None and out.returncode == 0
+    assert answers[4]["result"]["requests"] == 0  # the malformed request never reached the model
     popups = [r["params"] for r in replies if r.get("method") == "window/showMessage"]
     assert not [p for p in popups if p["type"] == types.MessageType.Error], popups
     logged = [r["params"]["message"] for r in replies if r.get("method") == "window/logMessage"]
