@@ -151,6 +151,13 @@ class DgemmaProtocol(LanguageServerProtocol):
                 future.cancel()
         return (yield from super().lsp_shutdown(*args))
 
+    @lsp_method(types.WORKSPACE_EXECUTE_COMMAND)
+    def lsp_workspace__execute_command(self, params: types.ExecuteCommandParams) -> Any:
+        # Without `arguments` (LSP lets them be left out) pygls called the command with none: a TypeError
+        # answered as an internal error. As an empty list they are checked: a missing one is InvalidParams.
+        params.arguments = params.arguments or []
+        return (yield from super().lsp_workspace__execute_command(params))
+
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
         # Our document model counts columns in UTF-16 (the LSP default); without this pygls would

@@ -285,7 +285,8 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
     """A request before initialize gets ServerNotInitialized and one after shutdown InvalidRequest (pygls
     served the first and left the second unanswered); a body that is no JSON gets Parse error and JSON that
     is no JSON-RPC message Invalid Request, both with a null id (pygls popped up "Error in server" and
-    wrote tracebacks on stderr); an answered error is a line on stderr, not a traceback."""
+    wrote tracebacks on stderr); a command left without arguments gets InvalidParams (pygls called it with
+    none: an internal error); an answered error is a line on stderr, not a traceback."""
     inline = {
         "textDocument": {"uri": URI},
         "position": {"line": 0, "character": 0},
@@ -296,7 +297,7 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
         *[{**m, "id": 2} if "id" in m else m for m in initialize()],
         b'{"jsonrpc": "2.0", "id": 3, "method": ',
         b"[1, 2]",
-        {"id": 6, "method": "workspace/executeCommand", "params": {"command": FILL_COMMAND, "arguments": []}},
+        {"id": 6, "method": "workspace/executeCommand", "params": {"command": FILL_COMMAND}},
         {"id": 4, "method": "shutdown"},
         {"id": 5, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": inline},
         {"method": "exit"},
