@@ -388,7 +388,7 @@ class DgemmaServer(LanguageServer):
             self.show(
                 f"dgemma-lsp: this model was trained on {', '.join(trained)} code only, so it suggests "
                 f"nothing in {language} documents. Point `modelPath` at a DiffusionGemma checkpoint, or "
-                f'set `enable` to {{"{language}": true}} to try it anyway.',
+                f'set the `enable` option (VS Code: `dgemma.enable`) to {{"{language}": true}} to try it.',
                 types.MessageType.Info,
             )
         return False
