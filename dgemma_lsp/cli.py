@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument(
         "--json", action="store_true", help="one JSON object with the text, range and timings"
     )
+    complete.add_argument(
+        "--no-syntax-check",
+        dest="syntax_check",
+        action="store_false",
+        help="keep a suggestion that adds syntax errors (the server's syntaxCheck: false)",
+    )
 
     sub.add_parser("doctor", parents=[common], help="check torch, CUDA, triton, tree-sitter and the model")
 
@@ -95,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--timeout", type=float, default=15.0, help="wall-clock seconds per program")
     evaluate.add_argument(
         "--canvas-mode", choices=("plain", "clamped", "lengths"), default="plain", help="the canvas layout"
+    )
+    evaluate.add_argument(
+        "--no-syntax-check",
+        dest="syntax_check",
+        action="store_false",
+        help="keep a suggestion that adds syntax errors (the server's syntaxCheck: false)",
     )
     evaluate.add_argument("--out", type=Path, metavar="FILE", help="write per-task results as jsonl")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -229,7 +241,7 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"dgemma-lsp: {args.file}: {exc}", file=sys.stderr)
         return 2
     infiller = Infiller(loaded, canvas_mode=args.canvas_mode)
-    result = complete(infiller, ctx, seed=args.seed)
+    result = complete(infiller, ctx, seed=args.seed, syntax_check=args.syntax_check)
     total_ms = (time.perf_counter() - start) * 1000
 
     if not args.json:
@@ -287,6 +299,7 @@ def _eval(args: argparse.Namespace) -> int:
             args.canvas_mode,
             args.backend,
             args.kernels,
+            args.syntax_check,
         )
     chosen = evaluate.select(tasks, args.limit, args.every)
     results = list(

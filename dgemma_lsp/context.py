@@ -12,7 +12,8 @@ import re
 import threading
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import accumulate
 from typing import Any, Literal
 
@@ -67,6 +68,56 @@ class UnsupportedDocument(Exception):
     """The document cannot be completed (binary content or too large); the message is meant for the user."""
 
 
+@dataclass(frozen=True, eq=False)
+class SyntaxSnapshot:
+    """The whole document and its tree as they were when the cursor's context was taken.
+
+    Whether a suggestion breaks the code is told on the whole document: the model's windows may cut
+    through a string or a bracket, and then even the true middle can add errors to them.
+    """
+
+    text: str
+    offset: int  # str index of the cursor
+    language: str
+    tree: tree_sitter.Tree
+
+    @cached_property
+    def errors(self) -> int:
+        return count_errors(self.tree.root_node)
+
+    def adds_errors(self, middle: str, replaced: int = 0) -> bool:
+        """Whether `middle` put in at the cursor, over the `replaced` characters after it, leaves more
+        ERROR and MISSING nodes than the document has without it (reparsed incrementally)."""
+        end = self.offset + replaced
+        edited = self.tree.copy()
+        edited.edit(**_input_edit(self.text, self.offset, end, middle))
+        source = (self.text[: self.offset] + middle + self.text[end:]).encode("utf-8", "surrogatepass")
+        found = _parser_for(self.language)
+        if found is None:
+            return False
+        parser, lock = found
+        try:
+            with lock:
+                tree = parser.parse(source, edited)
+        except Exception:  # a grammar bug must never cost a suggestion
+            log.warning("tree-sitter parse failed (%s)", self.language, exc_info=True)
+            return False
+        return count_errors(tree.root_node) > self.errors
+
+
+def count_errors(root: tree_sitter.Node) -> int:
+    """ERROR and MISSING nodes under `root` (only subtrees that hold an error are walked)."""
+    count = 0
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.is_error or node.is_missing:
+            count += 1
+        if node.has_error:
+            stack.extend(node.children)
+    return count
+
+
 @dataclass(frozen=True)
 class FimContext:
     """What the model sees for one cursor.
@@ -97,6 +148,7 @@ class FimContext:
     line_suffix: str  # text of the cursor line after the cursor (without the line ending)
     prefix_truncated: bool
     suffix_truncated: bool
+    syntax: SyntaxSnapshot | None = field(default=None, compare=False, repr=False)  # None without a tree
 
     @property
     def indent_at_cursor(self) -> str:
@@ -565,6 +617,10 @@ class SyntaxDocument:
         if not (line_prefix + line_suffix).strip():
             scope = "block"
             block_indent = self._block_indent(cur, offset, line_prefix)
+        syntax = None
+        if (tree := self.tree) is not None and self.language:
+            # A copy: the document's own tree is edited in place as the user types on.
+            syntax = SyntaxSnapshot(self.text, offset, self.language, tree.copy())
         return FimContext(
             prefix=self.text[prefix_start:offset],
             suffix=self.text[offset:suffix_end],
@@ -576,6 +632,7 @@ class SyntaxDocument:
             line_suffix=line_suffix,
             prefix_truncated=prefix_start > 0,
             suffix_truncated=suffix_end < len(self.text),
+            syntax=syntax,
         )
 
     def _is_boundary(self, line: int) -> bool:

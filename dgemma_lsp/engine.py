@@ -30,7 +30,7 @@ from dgemma_lsp.model.denoise import Cancelled
 from dgemma_lsp.model.infill import CanvasMode, Infiller
 from dgemma_lsp.model.load import load_fast
 from dgemma_lsp.model.prompt import PromptMode
-from dgemma_lsp.postprocess import Indentation, after_indentation, finish
+from dgemma_lsp.postprocess import Indentation, adds_syntax_errors, after_indentation, finish
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Completion:
     total_ms: float
     replace: int = 0  # UTF-16 units right of the cursor that `text` replaces (auto-closed brackets/quotes)
     seed: int = 0
+    broke_syntax: bool = False  # a suggestion was dropped (text '') as it added syntax errors
 
 
 def complete(
@@ -72,10 +73,12 @@ def complete(
     indentation: Indentation | None = None,
     max_lines: int | None = None,
     key: str = "",
+    syntax_check: bool = True,
 ) -> Completion:
     """One middle for one cursor context: the path shared by the server and `dgemma-lsp complete`.
 
-    `key` names the document, so the fast backend can reuse what it encoded for it last time.
+    `key` names the document, so the fast backend can reuse what it encoded for it last time. With
+    `syntax_check`, a suggestion that adds tree-sitter errors to the document is dropped.
     """
     start = time.perf_counter()
     seed = random.randrange(2**31) if seed is None else seed
@@ -95,6 +98,9 @@ def complete(
     )
     raw = after_indentation(fill.text, indent)
     found = finish(raw, ctx, indentation=indentation, max_lines=max_lines)
+    broke_syntax = found is not None and syntax_check and adds_syntax_errors(found, ctx)
+    if broke_syntax:
+        found = None
     return Completion(
         text=found.text if found is not None else "",
         raw=raw,
@@ -104,6 +110,7 @@ def complete(
         total_ms=(time.perf_counter() - start) * 1000,
         replace=found.replace if found is not None else 0,
         seed=seed,
+        broke_syntax=broke_syntax,
     )
 
 

@@ -163,13 +163,14 @@ class Generator:
         canvas_mode: str = "plain",
         backend: str = "fast",
         kernels: str = "auto",
+        syntax_check: bool = True,
     ) -> None:
         from dgemma_lsp.engine import load_model
         from dgemma_lsp.model.infill import Infiller
 
         self.loaded = load_model(model, device, max_denoising_steps, backend, kernels)  # type: ignore[arg-type]
         self.infiller = Infiller(self.loaded, canvas_mode=canvas_mode)  # type: ignore[arg-type]
-        self.seed = seed
+        self.seed, self.syntax_check = seed, syntax_check
 
     def describe(self) -> dict[str, Any]:
         """What generated the middles, for the summary: numbers are only comparable with this alike."""
@@ -183,6 +184,7 @@ class Generator:
             "backend": loaded.backend,
             "canvas_mode": self.infiller.canvas_mode,
             "seed": self.seed,
+            "syntax_check": self.syntax_check,
             "sampler": {
                 "max_denoising_steps": settings.max_denoising_steps,
                 "entropy_bound": settings.entropy_bound,
@@ -205,7 +207,7 @@ class Generator:
         if oracle_length:
             true_length = len(tokenizer.encode(indent + task.canonical_solution, add_special_tokens=False))
             ctx = replace(ctx, max_middle_tokens=true_length)
-        result = complete(self.infiller, ctx, seed=self.seed)
+        result = complete(self.infiller, ctx, seed=self.seed, syntax_check=self.syntax_check)
         written = tokenizer.encode(indent + result.raw, add_special_tokens=False)
         text = result.text
         if oracle_length:  # the canvas is fixed-size: give back exactly as many tokens as the truth has

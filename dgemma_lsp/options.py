@@ -41,6 +41,7 @@ class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_field
     debounce_ms: int | None = None  # None: adaptive, from the typing rate
     candidates: int = 3  # items for an invoked request
     speculate: bool = True  # precompute what follows an accepted suggestion while idle
+    syntax_check: bool = True  # drop a suggestion that adds tree-sitter errors to the document
 
     def __post_init__(self) -> None:
         for field in msgspec.structs.fields(self):

@@ -3,8 +3,9 @@
 `finish` runs the filters users notice when they are missing (EDITOR-ANCHORS.md section 3): cut to the
 scope from the context step, cut where the middle runs into the code after the cursor or stops being
 valid UTF-8, reject what only repeats it, reject whitespace and degenerate repetition, replace auto-closed
-brackets and quotes instead of duplicating them, and re-indent to the document's style. `rank` orders
-candidates by how well they parse.
+brackets and quotes instead of duplicating them, and re-indent to the document's style.
+`adds_syntax_errors` tells a suggestion that breaks the document (the engine drops it); `rank` puts such
+candidates last.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from dgemma_lsp.context import TAB_WIDTH, FimContext, SyntaxDocument, indent_width
+from dgemma_lsp.context import TAB_WIDTH, FimContext, SyntaxDocument, count_errors, indent_width
 
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
 # What an auto-pair plugin leaves right of the cursor: closing brackets/quotes, maybe `;`, `,` or `:`.
@@ -268,21 +269,21 @@ def _indent(width: int, style: Indentation) -> str:
 def syntax_errors(text: str, language: str | None) -> int | None:
     """ERROR and MISSING nodes in `text`'s tree-sitter parse; None without a grammar."""
     tree = SyntaxDocument(text, language).tree if language else None
-    if tree is None:
-        return None
-    count = 0
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        if node.is_error or node.is_missing:
-            count += 1
-        if node.has_error:
-            stack.extend(node.children)
-    return count
+    return None if tree is None else count_errors(tree.root_node)
+
+
+def adds_syntax_errors(s: Suggestion, ctx: FimContext) -> bool:
+    """Whether the document with `s` accepted has more tree-sitter errors than without it (False without
+    a grammar). A suggestion that breaks the code is worse than none (HumanEval-Infilling: an empty
+    middle passes 5 %); 60-70 % of the bundled model's single-line suggestions were such."""
+    if ctx.syntax is None:
+        return False
+    replaced = len(ctx.suffix) - len(_after_replace(ctx.suffix, s.replace))
+    return ctx.syntax.adds_errors(s.text, replaced)
 
 
 def rank(suggestions: list[Suggestion], ctx: FimContext) -> list[Suggestion]:
-    """Distinct suggestions, those whose filled text parses no worse than the text without them first.
+    """Distinct suggestions, those that add no syntax errors to the document first.
 
     The order is otherwise kept (it is the model's: first seed first).
     """
@@ -292,15 +293,7 @@ def rank(suggestions: list[Suggestion], ctx: FimContext) -> list[Suggestion]:
     distinct = list(first.values())
     if len(distinct) < 2:
         return distinct
-    before = syntax_errors(ctx.prefix + ctx.suffix, ctx.language)
-    if before is None:
-        return distinct
-
-    def worse(s: Suggestion) -> bool:
-        after = syntax_errors(ctx.prefix + s.text + _after_replace(ctx.suffix, s.replace), ctx.language)
-        return after is not None and after > before
-
-    return sorted(distinct, key=worse)
+    return sorted(distinct, key=lambda s: adds_syntax_errors(s, ctx))
 
 
 def _after_replace(suffix: str, units: int) -> str:

@@ -482,6 +482,7 @@ class DgemmaServer(LanguageServer):
                     max_prompt_tokens=max_prompt_tokens,
                     max_lines=options.max_lines,
                     key=uri,
+                    syntax_check=options.syntax_check,
                 )
                 for seed in seeds
             ]
@@ -493,6 +494,7 @@ class DgemmaServer(LanguageServer):
     def _record(self, completions: list[Completion]) -> None:
         for c in completions:
             self.stats.count("completions")
+            self.stats.count("brokeSyntax", c.broke_syntax)
             self.stats.model_ms.append(c.total_ms)
             self.stats.steps.append(c.steps)
         if completions:

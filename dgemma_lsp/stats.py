@@ -47,6 +47,7 @@ class Stats:
             "cancelled": c["cancelled"],
             "failed": c["failed"],
             "completions": c["completions"],
+            "brokeSyntax": c["brokeSyntax"],  # completions dropped as they added syntax errors
             "cache": {
                 "hits": c["cacheHits"],
                 "typingThroughHits": c["typingThroughHits"],

@@ -507,7 +507,7 @@ def with_fake_tree(monkeypatch: pytest.MonkeyPatch, text: str, build: Any) -> Sy
 
     class Parser:
         def parse(self, source: bytes, old_tree: Any = None) -> Any:
-            return type("Tree", (), {"root_node": root})()
+            return type("Tree", (), {"root_node": root, "copy": lambda tree: tree})()
 
     monkeypatch.setattr(context, "_parser_for", lambda language: (Parser(), threading.Lock()))
     return SyntaxDocument(text, "fake")

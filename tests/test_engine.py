@@ -12,7 +12,7 @@ from dgemma_lsp.context import FimContext, SyntaxDocument
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete, load_model
 from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.options import BUNDLED_MODEL
-from dgemma_lsp.postprocess import after_indentation
+from dgemma_lsp.postprocess import after_indentation, syntax_errors
 
 SOURCE = "def add(a, b):\n    return a + \n"
 
@@ -66,8 +66,26 @@ def test_the_bundled_model_does_not_indent_a_fresh_line_twice() -> None:
     infiller = Infiller(load_model(str(BUNDLED_MODEL)))
     source = "def mean(values):\n    total = sum(values)\n    \n"
     ctx = SyntaxDocument(source, "python").context_at(2, 4)
-    texts = [complete(infiller, ctx, seed=seed).text for seed in range(8)]
+    # Unchecked: a doubled indentation is a syntax error, and the check would drop it.
+    texts = [complete(infiller, ctx, seed=seed, syntax_check=False).text for seed in range(8)]
     assert sum(text.startswith((" ", "\t")) for text in texts) <= 2, texts
+
+
+def test_a_suggestion_that_adds_syntax_errors_is_dropped(tiny_checkpoint: Path) -> None:
+    infiller = Infiller(load_model(str(tiny_checkpoint), max_denoising_steps=4))
+    ctx = hole()
+    dropped = 0
+    for seed in range(8):
+        checked = complete(infiller, ctx, seed=seed)
+        unchecked = complete(infiller, ctx, seed=seed, syntax_check=False)
+        assert checked.raw == unchecked.raw and not unchecked.broke_syntax
+        broken = bool(unchecked.text) and syntax_errors(
+            ctx.prefix + unchecked.text + ctx.suffix, "python"
+        ) > syntax_errors(ctx.prefix + ctx.suffix, "python")
+        assert checked.broke_syntax == broken
+        assert checked.text == ("" if broken else unchecked.text)
+        dropped += broken
+    assert 0 < dropped < 8  # random weights: some of each
 
 
 async def test_newer_fill_for_the_same_document_supersedes_the_older(tiny_checkpoint: Path) -> None:

@@ -20,7 +20,7 @@ from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from dgemma_lsp.context import SyntaxDocument
-from tests.e2e.test_server import SERVER, client_capabilities, open_doc, stop
+from tests.e2e.test_server import RANDOM_WEIGHTS, SERVER, client_capabilities, open_doc, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -99,6 +99,7 @@ async def session(tiny_checkpoint: Path):
         "seed": SEED,
         "maxDenoisingSteps": 1,
         "candidates": CANDIDATES,
+        **RANDOM_WEIGHTS,
     }
     client, statuses, edits = await start_recording(options)
     yield client, statuses, edits
@@ -351,6 +352,7 @@ async def test_shutdown_while_a_fill_waits_on_the_client(tiny_checkpoint: Path) 
         return types.ApplyWorkspaceEditResult(applied=False)
 
     options = {"modelPath": str(tiny_checkpoint), "seed": SEED, "maxDenoisingSteps": 1, "candidates": 1}
+    options |= RANDOM_WEIGHTS
     await client.initialize_session(
         types.InitializeParams(capabilities=client_capabilities(), initialization_options=options)
     )

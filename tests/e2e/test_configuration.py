@@ -13,7 +13,7 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from tests.e2e.test_completions import params, stats
-from tests.e2e.test_server import SERVER, client_capabilities, open_doc, stop
+from tests.e2e.test_server import RANDOM_WEIGHTS, SERVER, client_capabilities, open_doc, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -49,6 +49,7 @@ async def client(tiny_checkpoint: Path):
                 "candidates": 9,
                 "debounceMs": "soon",
                 "enable": 3,
+                **RANDOM_WEIGHTS,
             },
         )
     )
@@ -74,7 +75,7 @@ async def test_invalid_settings_are_reported_and_defaulted(client) -> None:
 
 async def test_pulled_settings_and_a_disabled_language(client) -> None:
     # settings: null -> the server asks for the `dgemma` section (workspace/configuration).
-    client.set_configuration({"enable": {"python": False}}, section="dgemma")
+    client.set_configuration({"enable": {"python": False}, **RANDOM_WEIGHTS}, section="dgemma")
     change_settings(client, None)
     await options_when(client, lambda o: o.enable._asdict() == {"python": False})
     open_doc(client, "def f(x):\n    return \n", "file:///work/demo/off.py")
@@ -88,7 +89,7 @@ async def test_pulled_settings_and_a_disabled_language(client) -> None:
 
 async def test_changing_the_prompt_form_reloads_the_model(client) -> None:
     tokens = set(client.progress_reports)
-    change_settings(client, {"dgemma": {"infillingMode": "plain"}})
+    change_settings(client, {"dgemma": {"infillingMode": "plain", **RANDOM_WEIGHTS}})
     for _ in range(300):
         new = set(client.progress_reports) - tokens
         if new and client.progress_reports[next(iter(new))][-1].kind == "end":

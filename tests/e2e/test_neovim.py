@@ -19,6 +19,7 @@ import pynvim
 import pytest
 
 from dgemma_lsp import __version__
+from tests.e2e.test_server import RANDOM_WEIGHTS
 
 pytestmark = pytest.mark.e2e
 
@@ -146,6 +147,7 @@ def expected(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
         commands.append(
             ["complete", str(source), "--line", str(line), "--character", str(character), "--json"]
             + ["--model", str(tiny_checkpoint), "--seed", str(SEED), "--max-denoising-steps", str(STEPS)]
+            + ["--no-syntax-check"]
         )
     cli = subprocess.Popen(
         [sys.executable, "-c", CLI, json.dumps(commands)],
@@ -187,6 +189,7 @@ def editor(tiny_checkpoint: Path, source_file: Path, expected, tmp_path_factory:
             "seed": SEED,
             "maxDenoisingSteps": STEPS,
             "speculate": False,  # no background model runs: two cores are shared with the CLI here
+            **RANDOM_WEIGHTS,
         },
     }
     init.write_text(
