@@ -88,14 +88,14 @@ class SyntaxSnapshot:
     def adds_errors(self, middle: str, replaced: int = 0) -> bool:
         """Whether `middle` put in at the cursor, over the `replaced` characters after it, leaves more
         ERROR and MISSING nodes than the document has without it (reparsed incrementally)."""
-        end = self.offset + replaced
-        edited = self.tree.copy()
-        edited.edit(**_input_edit(self.text, self.offset, end, middle))
-        source = (self.text[: self.offset] + middle + self.text[end:]).encode("utf-8", "surrogatepass")
         found = _parser_for(self.language)
         if found is None:
             return False
         parser, lock = found
+        end = self.offset + replaced
+        edited = self.tree.copy()
+        edited.edit(**_input_edit(self.text, self.offset, end, middle))
+        source = (self.text[: self.offset] + middle + self.text[end:]).encode("utf-8", "surrogatepass")
         try:
             with lock:
                 tree = parser.parse(source, edited)

@@ -116,6 +116,8 @@ def _auto_closed_overlap(line_prefix: str, text: str, tail: str) -> int | None:
     """
     if not tail.strip() or _AUTO_CLOSED_TAIL.fullmatch(tail) is None:
         return None
+    if not _owed_closers(line_prefix).startswith(_closers_in(tail)):
+        return None  # not opened on this line (the `)` that ends a call over several lines): not auto-closed
     owed = _owed_closers(line_prefix + text)
     for k in range(len(tail) + 1):
         if _closers_in(tail[k:]) == owed:

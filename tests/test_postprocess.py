@@ -126,6 +126,14 @@ def test_closers_still_owed_stay_where_they_are(source: str, language: str, raw:
     assert finish(raw, context(source, language)) == Suggestion(raw, 0)
 
 
+def test_a_closing_line_is_no_auto_closed_bracket() -> None:
+    # The `)` that ends a tuple over several lines was opened on another line: a line written in front of
+    # it goes in above it, and the `)` stays (it was replaced, breaking the file).
+    source = "names = (\n    'a',\n<|cursor|>)\n"
+    found = finish("    'b',\n", context(source, "python"))
+    assert found is not None and filled(source, "python", found) == "names = (\n    'a',\n    'b',\n)\n"
+
+
 def test_a_partly_closing_middle_replaces_only_what_it_closes() -> None:
     source = "foo(bar[<|cursor|>])\n"
     found = finish("0]", context(source, "javascript"))
