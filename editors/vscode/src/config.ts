@@ -31,6 +31,7 @@ export const SERVER_OPTIONS = [
   "debounceMs",
   "candidates",
   "speculate",
+  "syntaxCheck",
 ] as const;
 
 /** What the extension reads settings through: `vscode.WorkspaceConfiguration` has this shape. */
