@@ -442,13 +442,16 @@ class DgemmaServer(LanguageServer):
         self.stats.count("cacheMisses")
 
         await asyncio.sleep(self.debouncer.delay(uri, invoked))
-        suggestions = await self.run_model(f"{method} {uri}", uri, ctx, want)
+        _, suggestions = await self.run_model(f"{method} {uri}", uri, ctx, want)
         self.cache.put(ctx.prefix, ctx.suffix, suggestions)
         self._after_shown(uri, doc, position, suggestions)
         return suggestions
 
-    async def run_model(self, job: str, uri: str, ctx: FimContext, count: int) -> list[Suggestion]:
-        """`count` model completions for `ctx` as a foreground engine job: the distinct ones, best first."""
+    async def run_model(
+        self, job: str, uri: str, ctx: FimContext, count: int
+    ) -> tuple[list[Completion], list[Suggestion]]:
+        """`count` model completions for `ctx` as a foreground engine job, and the distinct suggestions
+        among them, best first."""
         self.busy += 1
         self.publish_status()
         try:
@@ -466,7 +469,7 @@ class DgemmaServer(LanguageServer):
             sum(c.steps for c in completions),
             sum(c.total_ms for c in completions),
         )
-        return suggestions
+        return completions, suggestions
 
     def _model_work(self, uri: str, ctx: FimContext, seeds: list[int]) -> Any:
         """What the engine's thread runs: one completion per seed, then the distinct ones ranked."""
@@ -695,14 +698,18 @@ async def fill_range(ls: DgemmaServer, uri: str, span: types.Range) -> dict[str,
         ctx = fill_context(doc, min(start, end), max(start, end), ls.budget)
     except UnsupportedDocument as exc:
         raise JsonRpcInvalidParams(f"{FILL_COMMAND}: {exc}") from None
-    found = await ls.run_model(f"fill {uri}", uri, ctx, ls.options.candidates)
+    completions, found = await ls.run_model(f"fill {uri}", uri, ctx, ls.options.candidates)
     if ls.documents.get(uri) is not doc or doc.text != before:
         ls.show(
             "dgemma-lsp: the document changed while filling; nothing was replaced.", types.MessageType.Info
         )
         return {"applied": False}
     if not found:
-        ls.show("dgemma-lsp: the model had nothing to fill in.", types.MessageType.Info)
+        if any(c.broke_syntax for c in completions):
+            why = "each fill the model wrote would break the code (syntaxCheck)"
+        else:
+            why = "the model had nothing to fill in"
+        ls.show(f"dgemma-lsp: {why}.", types.MessageType.Info)
         return {"applied": False}
     best = found[0]
     last = doc.position_at(max(start, end))

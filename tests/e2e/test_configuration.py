@@ -120,3 +120,22 @@ async def test_a_suggestion_never_repeats_the_code_below(client) -> None:
     assert sorted(item.insert_text for item in below.items) == sorted(
         t for t in texts if t.strip() != repeated.strip()
     )
+
+
+async def test_a_fill_that_would_break_the_code_is_not_applied_and_says_why(client) -> None:
+    settings = {"infillingMode": "plain", "seed": 5, "candidates": 1, "syntaxCheck": True}  # no reload
+    change_settings(client, {"dgemma": settings})
+    await options_when(client, lambda o: o.syntaxCheck and o.seed == 5)
+    uri = "file:///work/demo/fill.py"
+    open_doc(client, "def area(r):\n    return 3.14159 * r * r\n", uri)
+    before = await stats(client)
+    where = types.Range(start=types.Position(line=1, character=11), end=types.Position(line=1, character=26))
+    result = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="dgemma.fillRange", arguments=[uri, where])
+    )
+    after = await stats(client)
+    # The tiny checkpoint's random weights write a fill here that does not parse (seed 5).
+    assert result == {"applied": False}
+    assert after.completions - before.completions == 1 and after.brokeSyntax - before.brokeSyntax == 1
+    told = [m.message for m in client.messages if "would break the code" in m.message]
+    assert told == ["dgemma-lsp: each fill the model wrote would break the code (syntaxCheck)."]
