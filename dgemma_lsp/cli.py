@@ -52,7 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     transport.add_argument("--tcp", metavar="HOST:PORT", help="serve LSP over TCP, for debugging")
     sub = parser.add_subparsers(dest="command")
 
-    complete = sub.add_parser("complete", parents=[common], help="print the middle at a position in FILE")
+    checked = argparse.ArgumentParser(add_help=False)  # the commands that make suggestions
+    checked.add_argument(
+        "--no-syntax-check",
+        dest="syntax_check",
+        action="store_false",
+        help="keep a suggestion that adds syntax errors (the server's syntaxCheck: false)",
+    )
+
+    complete = sub.add_parser(
+        "complete", parents=[common, checked], help="print the middle at a position in FILE"
+    )
     complete.add_argument("file", type=Path)
     complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
     complete.add_argument("--character", type=int, required=True, help="0-based UTF-16 column, as in LSP")
@@ -68,17 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     complete.add_argument(
         "--json", action="store_true", help="one JSON object with the text, range and timings"
     )
-    complete.add_argument(
-        "--no-syntax-check",
-        dest="syntax_check",
-        action="store_false",
-        help="keep a suggestion that adds syntax errors (the server's syntaxCheck: false)",
-    )
 
     sub.add_parser("doctor", parents=[common], help="check torch, CUDA, triton, tree-sitter and the model")
 
     evaluate = sub.add_parser(
-        "eval", parents=[common], help="score infilling on task files (sandboxed pass@1)"
+        "eval", parents=[common, checked], help="score infilling on task files (sandboxed pass@1)"
     )
     evaluate.add_argument(
         "tasks", type=Path, nargs="+", help="HumanEval-Infilling or SantaCoder-FIM jsonl[.gz]"
@@ -101,12 +105,6 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--timeout", type=float, default=15.0, help="wall-clock seconds per program")
     evaluate.add_argument(
         "--canvas-mode", choices=("plain", "clamped", "lengths"), default="plain", help="the canvas layout"
-    )
-    evaluate.add_argument(
-        "--no-syntax-check",
-        dest="syntax_check",
-        action="store_false",
-        help="keep a suggestion that adds syntax errors (the server's syntaxCheck: false)",
     )
     evaluate.add_argument("--out", type=Path, metavar="FILE", help="write per-task results as jsonl")
     evaluate.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -284,8 +284,9 @@ def adds_syntax_errors(s: Suggestion, ctx: FimContext) -> bool:
     return ctx.syntax.adds_errors(s.text, replaced)
 
 
-def rank(suggestions: list[Suggestion], ctx: FimContext) -> list[Suggestion]:
-    """Distinct suggestions, those that add no syntax errors to the document first.
+def rank(suggestions: list[Suggestion], ctx: FimContext, by_syntax: bool = True) -> list[Suggestion]:
+    """Distinct suggestions, those that add no syntax errors to the document first (`by_syntax`; pass
+    False when the engine has dropped those already, so as not to reparse for nothing).
 
     The order is otherwise kept (it is the model's: first seed first).
     """
@@ -293,7 +294,7 @@ def rank(suggestions: list[Suggestion], ctx: FimContext) -> list[Suggestion]:
     for s in suggestions:
         first.setdefault(s.text, s)
     distinct = list(first.values())
-    if len(distinct) < 2:
+    if len(distinct) < 2 or not by_syntax:
         return distinct
     return sorted(distinct, key=lambda s: adds_syntax_errors(s, ctx))
 

@@ -490,7 +490,7 @@ class DgemmaServer(LanguageServer):
                 for seed in seeds
             ]
             found = [Suggestion(c.text, c.replace) for c in completions if c.text]
-            return completions, rank(found, ctx)
+            return completions, rank(found, ctx, by_syntax=not options.syntax_check)
 
         return work
 
