@@ -61,6 +61,7 @@ NO_MODEL_HELP = (
 
 
 _HANDLED = object()  # a message dealt with while it was being read
+_ONCE = (types.INITIALIZE, types.INITIALIZED)  # LSP: sent once per session
 
 
 class DgemmaProtocol(LanguageServerProtocol):
@@ -91,12 +92,14 @@ class DgemmaProtocol(LanguageServerProtocol):
                 log.warning("ignored a message of no JSON-RPC kind: %.200s", json.dumps(data))
             return _HANDLED
 
-    initialize_seen = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.once_seen: set[str] = set()  # of _ONCE
 
     def handle_message(self, message: Any) -> None:
-        # pygls serves requests before `initialize`, drops those after `shutdown` unanswered (the client
-        # waits forever) and pops up an AttributeError for JSON that is no JSON-RPC message; LSP and
-        # JSON-RPC say how each is answered.
+        # pygls serves requests before `initialize`, serves a second `initialize` (a second model load
+        # followed), drops requests after `shutdown` unanswered (the client waits forever) and pops up an
+        # AttributeError for JSON that is no JSON-RPC message; LSP and JSON-RPC say how each is answered.
         if message is _HANDLED:
             return
         if not hasattr(message, "jsonrpc"):  # a batch, a number, an object without "jsonrpc"
@@ -104,14 +107,20 @@ class DgemmaProtocol(LanguageServerProtocol):
             return
         method = getattr(message, "method", None)
         request = method is not None and hasattr(message, "id")
-        if method == types.INITIALIZE:
-            self.initialize_seen = True
-        elif method is not None and method != types.EXIT and not self.initialize_seen:
+        if method not in (None, types.INITIALIZE, types.EXIT) and types.INITIALIZE not in self.once_seen:
             if request:
                 self._refuse(message.id, JsonRpcServerNotInitialized(f"{method} before initialize"))
             else:
                 log.warning("%s notification before initialize ignored", method)
             return
+        if method in _ONCE:
+            if method in self.once_seen:
+                if request:
+                    self._refuse(message.id, JsonRpcInvalidRequest(f"{method} may only be sent once"))
+                else:
+                    log.warning("second %s notification ignored", method)
+                return
+            self.once_seen.add(method)
         if self._shutdown and request and method != types.EXIT:
             self._refuse(message.id, JsonRpcInvalidRequest(f"{method} after shutdown"))
             return

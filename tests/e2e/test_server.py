@@ -289,10 +289,11 @@ async def test_client_mistakes_get_answers_not_error_popups() -> None:
 
 async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_say() -> None:
     """A request before initialize gets ServerNotInitialized and one after shutdown InvalidRequest (pygls
-    served the first and left the second unanswered); a body that is no JSON gets Parse error and JSON that
-    is no JSON-RPC message Invalid Request, both with a null id (pygls popped up "Error in server" and
-    wrote tracebacks on stderr); a command left without arguments gets InvalidParams (pygls called it with
-    none: an internal error); an answered error is a line on stderr, not a traceback."""
+    served the first and left the second unanswered); a second initialize gets InvalidRequest and a second
+    initialized is ignored (pygls served both, and the model was loaded twice); a body that is no JSON gets
+    Parse error and JSON that is no JSON-RPC message Invalid Request, both with a null id (pygls popped up
+    "Error in server" and wrote tracebacks on stderr); a command left without arguments gets InvalidParams
+    (pygls called it with none: an internal error); an answered error is a line on stderr, not a traceback."""
     inline = {
         "textDocument": {"uri": URI},
         "position": {"line": 0, "character": 0},
@@ -301,6 +302,7 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
     replies, out = await raw_session([
         {"id": 1, "method": types.TEXT_DOCUMENT_INLINE_COMPLETION, "params": inline},
         *[{**m, "id": 2} if "id" in m else m for m in initialize()],
+        *[{**m, "id": 7} if "id" in m else m for m in initialize()],
         b'{"jsonrpc": "2.0", "id": 3, "method": ',
         b"[1, 2]",
         {"id": 6, "method": "workspace/executeCommand", "params": {"command": FILL_COMMAND}},
@@ -309,7 +311,10 @@ async def test_messages_out_of_turn_or_not_json_rpc_are_answered_as_the_specs_sa
         {"method": "exit"},
     ])  # fmt: skip
     errors = [(r.get("id"), r["error"]["code"]) for r in replies if "error" in r]
-    assert errors == [(1, -32002), (None, -32700), (None, -32600), (6, -32602), (5, -32600)], replies
+    expected = [(1, -32002), (7, -32600), (None, -32700), (None, -32600), (6, -32602), (5, -32600)]
+    assert errors == expected, replies
+    logged = [r["params"]["message"] for r in replies if r.get("method") == "window/logMessage"]
+    assert len([m for m in logged if m.startswith("Loading model")]) == 1, logged
     assert [r["result"] for r in replies if r.get("id") == 4] == [None] and out.returncode == 0
     assert not [r for r in replies if r.get("method") == "window/showMessage" and r["params"]["type"] == 1]
     assert b"Traceback" not in out.stderr, out.stderr.decode()[-3000:]
