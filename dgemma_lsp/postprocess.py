@@ -280,8 +280,7 @@ def adds_syntax_errors(s: Suggestion, ctx: FimContext) -> bool:
     middle passes 5 %); 60-70 % of the bundled model's single-line suggestions were such."""
     if ctx.syntax is None:
         return False
-    replaced = len(ctx.suffix) - len(_after_replace(ctx.suffix, s.replace))
-    return ctx.syntax.adds_errors(s.text, replaced)
+    return ctx.syntax.adds_errors(s.text, replaced_chars(ctx.suffix, s.replace))
 
 
 def rank(suggestions: list[Suggestion], ctx: FimContext, by_syntax: bool = True) -> list[Suggestion]:
@@ -299,13 +298,13 @@ def rank(suggestions: list[Suggestion], ctx: FimContext, by_syntax: bool = True)
     return sorted(distinct, key=lambda s: adds_syntax_errors(s, ctx))
 
 
-def _after_replace(suffix: str, units: int) -> str:
-    """`suffix` without its first `units` UTF-16 units."""
+def replaced_chars(suffix: str, units: int) -> int:
+    """How many characters of `suffix` its first `units` UTF-16 units (a suggestion's `replace`) are."""
     i = 0
     while units > 0 and i < len(suffix):
         units -= 2 if ord(suffix[i]) > 0xFFFF else 1
         i += 1
-    return suffix[i:]
+    return i
 
 
 def _utf16_len(text: str) -> int:

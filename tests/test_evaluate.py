@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from dgemma_lsp.cli import main
-from dgemma_lsp.evaluate import after_enter, edit_similarity, exact_match, program, read_tasks
+from dgemma_lsp.evaluate import after_enter, edit_similarity, exact_match, fold_replaced, program, read_tasks
 
 DATA = Path(__file__).parent / "data" / "eval"
 HUMANEVAL = DATA / "humaneval_infilling_demo.jsonl"
@@ -134,3 +134,31 @@ def test_bad_task_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
     bad.write_text('{"task_id": "x"}\n')
     assert main(["eval", str(bad), "--from-completions", str(bad)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_an_item_over_auto_closed_brackets_is_scored_as_the_file_it_makes(tmp_path: Path, capsys) -> None:
+    """An item that goes in over the auto-closed `))` after the cursor is scored on the file accepting it
+    makes (as a plain insertion it would double them), as a fixed-suffix middle when one makes that file."""
+    task = {
+        "task_id": "Closers/0",
+        "prompt": "def total(a, b):\n    return sum((",
+        "suffix": "))\n",
+        "canonical_solution": "a, b",
+        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+        "entry_point": "total",
+    }
+    assert fold_replaced("a, b))", 2, task["suffix"]) == ("a, b", 0)
+    assert fold_replaced("a, b)),", 2, task["suffix"]) == ("a, b)),", 2)  # no middle makes that file
+    assert fold_replaced("a, b", 0, task["suffix"]) == ("a, b", 0)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(task) + "\n")
+    results = tmp_path / "results.jsonl"
+    rows = [{"task_id": "Closers/0", "completion": "a, b))", "replaced": 2}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", str(tasks), "--from-completions", str(results), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["pass@1"], summary["parses"]) == (1.0, 1.0)
+    plain = completions_file(tmp_path / "plain.jsonl", {"Closers/0": "a, b))"})  # the same text inserted
+    assert main(["eval", str(tasks), "--from-completions", str(plain), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["pass@1"], summary["parses"]) == (0.0, 0.0)
