@@ -87,7 +87,12 @@ class SyntaxSnapshot:
 
     def adds_errors(self, middle: str, replaced: int = 0) -> bool:
         """Whether `middle` put in at the cursor, over the `replaced` characters after it, leaves more
-        ERROR and MISSING nodes than the document has without it (reparsed incrementally)."""
+        ERROR and MISSING nodes than the document has without it, or one on the lines it ends up on
+        (reparsed incrementally).
+
+        The lines' own test is for a cursor in a line being typed: its tree is already broken there, and
+        a wrong completion (`items[i` + `]] = x`) often leaves fewer nodes than the half-typed line did.
+        """
         found = _parser_for(self.language)
         if found is None:
             return False
@@ -102,7 +107,9 @@ class SyntaxSnapshot:
         except Exception:  # a grammar bug must never cost a suggestion
             log.warning("tree-sitter parse failed (%s)", self.language, exc_info=True)
             return False
-        return count_errors(tree.root_node) > self.errors
+        first = self.text.count("\n", 0, self.offset)
+        last = first + middle.count("\n")
+        return count_errors(tree.root_node) > self.errors or has_error_within(tree.root_node, first, last)
 
 
 def count_errors(root: tree_sitter.Node) -> int:
@@ -116,6 +123,22 @@ def count_errors(root: tree_sitter.Node) -> int:
         if node.has_error:
             stack.extend(node.children)
     return count
+
+
+def has_error_within(root: tree_sitter.Node, first_row: int, last_row: int) -> bool:
+    """Whether an ERROR or MISSING node lies wholly on rows `first_row`..`last_row` (an error that
+    reaches beyond them is not the lines' own: an unclosed bracket above, a block left without a body)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.end_point.row < first_row or node.start_point.row > last_row:
+            continue
+        within = first_row <= node.start_point.row and node.end_point.row <= last_row
+        if within and (node.is_error or node.is_missing):
+            return True
+        if node.has_error:
+            stack.extend(node.children)
+    return False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dgemma_lsp.context import FimContext, SyntaxDocument
+from dgemma_lsp.context import FimContext, SyntaxDocument, count_errors, has_error_within
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete, load_model
 from dgemma_lsp.model.infill import Infiller
 from dgemma_lsp.options import BUNDLED_MODEL
@@ -79,9 +79,11 @@ def test_a_suggestion_that_adds_syntax_errors_is_dropped(tiny_checkpoint: Path) 
         checked = complete(infiller, ctx, seed=seed)
         unchecked = complete(infiller, ctx, seed=seed, syntax_check=False)
         assert checked.raw == unchecked.raw and not unchecked.broke_syntax
-        broken = bool(unchecked.text) and syntax_errors(
-            ctx.prefix + unchecked.text + ctx.suffix, "python"
-        ) > syntax_errors(ctx.prefix + ctx.suffix, "python")
+        filled = SyntaxDocument(ctx.prefix + unchecked.text + ctx.suffix, "python").tree
+        assert filled is not None
+        on_its_lines = has_error_within(filled.root_node, 1, 1 + unchecked.text.count("\n"))  # from line 1
+        more = count_errors(filled.root_node) > syntax_errors(ctx.prefix + ctx.suffix, "python")
+        broken = bool(unchecked.text) and (more or on_its_lines)
         assert checked.broke_syntax == broken
         assert checked.text == ("" if broken else unchecked.text)
         dropped += broken

@@ -371,6 +371,27 @@ def test_a_true_line_taken_out_and_offered_back_adds_no_syntax_errors(path: Path
         assert not adds_syntax_errors(Suggestion(line), ctx), line
 
 
+@pytest.mark.parametrize("path", sorted(CONTEXT_DATA.iterdir()), ids=lambda p: p.name)
+def test_the_rest_of_a_line_being_typed_adds_no_syntax_errors(path: Path) -> None:
+    # A line typed up to a cursor after its indentation, a third and two thirds of the way, with nothing
+    # after the cursor: its tree is broken there, and the true rest of the line must mend it.
+    language = language_for(None, path.resolve().as_uri())
+    text = path.read_text().replace(CURSOR, "pass" if language == "python" else "")
+    if language is None or syntax_errors(text, language):
+        pytest.skip("no grammar, or the file does not parse without its cursor marker")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        code = line.rstrip()
+        indent = len(code) - len(code.lstrip())
+        third = (len(code) - indent) // 3
+        for cut in sorted({indent, indent + third, indent + 2 * third}):
+            if cut == len(code):
+                continue
+            doc = SyntaxDocument("\n".join([*lines[:i], line[:cut], *lines[i + 1 :]]), language)
+            ctx = doc.context_at(i, cut, ContextBudget(prefix_tokens=60, suffix_tokens=20))
+            assert not adds_syntax_errors(Suggestion(line[cut:]), ctx), (i, line[:cut], line[cut:])
+
+
 def test_a_suggestion_adds_errors_counting_what_it_replaces() -> None:
     ctx = context("print(f(<|cursor|>))\n", "python")
     assert not adds_syntax_errors(Suggestion("1"), ctx)
@@ -378,6 +399,20 @@ def test_a_suggestion_adds_errors_counting_what_it_replaces() -> None:
     assert adds_syntax_errors(Suggestion("1 +"), ctx)
     assert adds_syntax_errors(Suggestion("1, [", replace=1), ctx)
     assert not adds_syntax_errors(Suggestion("((("), context("notes: <|cursor|>\n", None))  # no grammar
+
+
+def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
+    # The half-typed line breaks the tree into more nodes than a wrong completion leaves: counts alone
+    # let `]] = item` through. An error that reaches beyond the line (a class whose method is only
+    # begun) is not the line's own.
+    source = "class Stock:\n    def add(self, item):\n        self.items[i<|cursor|>\n        return item\n"
+    ctx = context(source, "python")
+    assert not adds_syntax_errors(Suggestion("tem.sku] = item"), ctx)
+    wrong = syntax_errors(source.replace("<|cursor|>", "]] = item"), "python")
+    assert ctx.syntax is not None and wrong is not None and 0 < wrong <= ctx.syntax.errors
+    assert adds_syntax_errors(Suggestion("]] = item"), ctx)
+    opened = context("def f(x):\n    if x<|cursor|>\n\ndef g():\n    pass\n", "python")
+    assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
 
 
 def test_the_snapshot_is_the_document_when_asked() -> None:
