@@ -9,10 +9,14 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dgemma_lsp import __version__
 from dgemma_lsp.log import setup_logging
 from dgemma_lsp.options import MODEL_ENV, Options, resolve_model_path
+
+if TYPE_CHECKING:  # the engine imports torch: only the commands that run the model load it
+    from dgemma_lsp.engine import Completion
 
 log = logging.getLogger("dgemma_lsp")
 
@@ -244,6 +248,8 @@ def _complete(args: argparse.Namespace) -> int:
 
     if not args.json:
         print(result.text)
+        if not result.text:  # say why on stderr: stdout stays the text alone
+            print(f"dgemma-lsp: no suggestion: {_why_empty(result)}", file=sys.stderr)
         return 0
     position = doc.position_at(doc.offset_at(args.line, args.character))
     cursor = {"line": position.line, "character": position.character}
@@ -253,6 +259,8 @@ def _complete(args: argparse.Namespace) -> int:
             {
                 "text": result.text,
                 "range": {"start": cursor, "end": end},
+                "raw": result.raw,  # the model's middle before post-processing
+                "broke_syntax": result.broke_syntax,
                 "scope": ctx.scope,
                 "steps": result.steps,
                 "prefill_ms": round(result.prefill_ms, 2),
@@ -266,6 +274,14 @@ def _complete(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _why_empty(result: Completion) -> str:
+    if result.broke_syntax:
+        return "the model's middle would break the code (--no-syntax-check shows it)"
+    if result.raw.strip():
+        return "nothing was left of the model's middle (it repeated the code around the cursor, or looped)"
+    return "the model wrote nothing here"
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -41,6 +41,26 @@ def test_complete_json_has_the_contract_fields(tiny_checkpoint: Path, source: Pa
     assert capsys.readouterr().out == result["text"] + "\n"
 
 
+def test_complete_says_why_there_is_no_suggestion(tiny_checkpoint: Path, source: Path, capsys) -> None:
+    """A middle the syntax check drops: the plain form prints an empty line and says why on stderr, --json
+    gives the model's middle and `broke_syntax`, and --no-syntax-check shows it."""
+    argv = ["complete", str(source), "--line", "1", "--character", "25", "--model", str(tiny_checkpoint)]
+    argv += ["--max-denoising-steps", "3"]
+    for seed in map(str, range(16)):  # random weights: most middles break the code
+        assert main([*argv, "--seed", seed, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        if result["broke_syntax"]:
+            break
+    else:
+        pytest.fail("no seed broke the code")
+    assert result["text"] == "" and result["raw"].strip()
+    assert main([*argv, "--seed", seed]) == 0
+    out, err = capsys.readouterr()
+    assert out == "\n" and "would break the code" in err
+    assert main([*argv, "--seed", seed, "--no-syntax-check"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
 def test_complete_takes_the_servers_canvas_modes(tiny_checkpoint: Path, source: Path, capsys) -> None:
     argv = ["complete", str(source), "--line", "1", "--character", "25", "--model", str(tiny_checkpoint)]
     for backend, mode, used in [("fast", "clamped", "clamped"), ("reference", "clamped", "plain")]:
