@@ -280,7 +280,7 @@ def _why_empty(result: Completion) -> str:
     if result.broke_syntax:
         return "the model's middle would break the code (--no-syntax-check shows it)"
     if result.raw.strip():
-        return "nothing was left of the model's middle (it repeated the code around the cursor, or looped)"
+        return "nothing was left of the model's middle (it repeated the code near the cursor, or looped)"
     return "the model wrote nothing here"
 
 
