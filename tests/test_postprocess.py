@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from lsprotocol.types import Position, Range
 
+from dgemma_lsp import context as context_module
 from dgemma_lsp.context import ContextBudget, FimContext, SyntaxDocument, language_for
 from dgemma_lsp.postprocess import (
     Indentation,
@@ -413,6 +417,24 @@ def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     assert adds_syntax_errors(Suggestion("]] = item"), ctx)
     opened = context("def f(x):\n    if x<|cursor|>\n\ndef g():\n    pass\n", "python")
     assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
+
+
+def test_a_check_over_its_budget_keeps_the_suggestion_and_leaves_the_parser_clean(monkeypatch) -> None:
+    # In a multi-MB file the reparse took up to 370 ms; abandoned, the parser must not resume it on the
+    # document's next parse (tree-sitter would, unless reset).
+    source = "".join(f"def f{i}(x):\n    return (x + {i}) * 2\n\n" for i in range(2000))
+    doc = SyntaxDocument(source + "y = f1(\n", "python")
+    ctx = doc.context_at(6000, 7)
+    assert adds_syntax_errors(Suggestion("1]]"), ctx)
+    ticks = itertools.count()  # a clock that makes the check run over its budget part of the way through
+    monkeypatch.setattr(context_module, "time", SimpleNamespace(thread_time=lambda: next(ticks) * 1e-3))
+    assert not adds_syntax_errors(Suggestion("1]]"), ctx)  # abandoned: shown rather than lost
+    monkeypatch.undo()
+    doc.apply_change("1)", Range(Position(6000, 7), Position(6000, 7)))
+    doc.apply_change("import os\n", Range(Position(0, 0), Position(0, 0)))  # where the check had parsed
+    fresh = SyntaxDocument(doc.text, "python").tree
+    assert doc.tree is not None and fresh is not None and str(doc.tree.root_node) == str(fresh.root_node)
+    assert not doc.tree.root_node.has_error
 
 
 def test_the_snapshot_is_the_document_when_asked() -> None:
