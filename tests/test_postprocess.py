@@ -407,8 +407,8 @@ def test_a_suggestion_adds_errors_counting_what_it_replaces() -> None:
 
 def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     # The half-typed line breaks the tree into more nodes than a wrong completion leaves: counts alone
-    # let `]] = item` through. An error that reaches beyond the line (a class whose method is only
-    # begun) is not the line's own.
+    # let `]] = item` through. An error that reaches beyond the line (an `if` whose body is still to
+    # come) is not the line's own.
     source = "class Stock:\n    def add(self, item):\n        self.items[i<|cursor|>\n        return item\n"
     ctx = context(source, "python")
     assert not adds_syntax_errors(Suggestion("tem.sku] = item"), ctx)
