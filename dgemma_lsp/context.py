@@ -103,9 +103,11 @@ class SyntaxSnapshot:
             return False
         parser, lock = found
         end = self.offset + replaced
+        edit = _input_edit(self.text, self.offset, end, middle)
         edited = self.tree.copy()
-        edited.edit(**_input_edit(self.text, self.offset, end, middle))
-        source = (self.text[: self.offset] + middle + self.text[end:]).encode("utf-8", "surrogatepass")
+        edited.edit(**edit)
+        text = self.text[: self.offset] + middle + self.text[end:]
+        source = text.encode("utf-8", "surrogatepass")
         deadline = time.thread_time() + CHECK_BUDGET_S
         with lock:
             try:
@@ -121,9 +123,15 @@ class SyntaxSnapshot:
                 else:
                     log.warning("tree-sitter parse failed (%s): %s", self.language, exc)
                 return False
-        first = self.text.count("\n", 0, self.offset)
-        last = first + middle.count("\n")
-        return count_errors(tree.root_node) > self.errors or has_error_within(tree.root_node, first, last)
+        # The bytes of the lines the middle ends up on (whatever their line endings).
+        inserted_end = self.offset + len(middle)
+        line_start = max(text.rfind("\n", 0, self.offset), text.rfind("\r", 0, self.offset)) + 1
+        eol = _EOL.search(text, inserted_end)
+        line_end = eol.start() if eol else len(text)
+        start_byte = edit["start_byte"] - _utf8_len(text[line_start : self.offset])
+        end_byte = edit["new_end_byte"] + _utf8_len(text[inserted_end:line_end])
+        root = tree.root_node
+        return count_errors(root) > self.errors or has_error_within(root, start_byte, end_byte)
 
 
 def count_errors(root: tree_sitter.Node) -> int:
@@ -139,15 +147,16 @@ def count_errors(root: tree_sitter.Node) -> int:
     return count
 
 
-def has_error_within(root: tree_sitter.Node, first_row: int, last_row: int) -> bool:
-    """Whether an ERROR or MISSING node lies wholly on rows `first_row`..`last_row` (an error that
-    reaches beyond them is not the lines' own: an unclosed bracket above, a block left without a body)."""
+def has_error_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> bool:
+    """Whether an ERROR or MISSING node lies wholly in bytes `start_byte`..`end_byte` (some lines: an
+    error that reaches beyond them is not theirs, such as an unclosed bracket above or a block whose body
+    is still to come)."""
     stack = [root]
     while stack:
         node = stack.pop()
-        if node.end_point.row < first_row or node.start_point.row > last_row:
+        if node.end_byte < start_byte or node.start_byte > end_byte:
             continue
-        within = first_row <= node.start_point.row and node.end_point.row <= last_row
+        within = start_byte <= node.start_byte and node.end_byte <= end_byte
         if within and (node.is_error or node.is_missing):
             return True
         if node.has_error:

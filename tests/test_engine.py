@@ -79,9 +79,14 @@ def test_a_suggestion_that_adds_syntax_errors_is_dropped(tiny_checkpoint: Path) 
         checked = complete(infiller, ctx, seed=seed)
         unchecked = complete(infiller, ctx, seed=seed, syntax_check=False)
         assert checked.raw == unchecked.raw and not unchecked.broke_syntax
-        filled = SyntaxDocument(ctx.prefix + unchecked.text + ctx.suffix, "python").tree
-        assert filled is not None
-        on_its_lines = has_error_within(filled.root_node, 1, 1 + unchecked.text.count("\n"))  # from line 1
+        text = ctx.prefix + unchecked.text + ctx.suffix
+        filled = SyntaxDocument(text, "python").tree
+        assert filled is not None and text.isascii()  # str indices are bytes
+        line_start = ctx.prefix.rfind("\n") + 1
+        line_end = text.find("\n", len(ctx.prefix) + len(unchecked.text))
+        on_its_lines = has_error_within(
+            filled.root_node, line_start, line_end if line_end >= 0 else len(text)
+        )
         more = count_errors(filled.root_node) > syntax_errors(ctx.prefix + ctx.suffix, "python")
         broken = bool(unchecked.text) and (more or on_its_lines)
         assert checked.broke_syntax == broken

@@ -419,6 +419,18 @@ def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_the_lines_test_is_told_on_the_suggestions_lines_whatever_the_line_endings(eol: str) -> None:
+    # tree-sitter's rows split on \n only: told in rows, a file of lone CRs was one line, and the error
+    # on line 1 dropped a good suggestion on line 5.
+    doc = SyntaxDocument(
+        eol.join(["def f(x):", "    y = x +", "    return y", "", "def g(a):", "    return a", ""]), "python"
+    )
+    ctx = doc.context_at(5, 12)
+    assert not adds_syntax_errors(Suggestion(" * 2"), ctx)
+    assert adds_syntax_errors(Suggestion(" * )"), ctx)
+
+
 def test_a_check_over_its_budget_keeps_the_suggestion_and_leaves_the_parser_clean(monkeypatch) -> None:
     # In a multi-MB file the reparse took up to 370 ms; abandoned, the parser must not resume it on the
     # document's next parse (tree-sitter would, unless reset).
