@@ -275,9 +275,10 @@ def syntax_errors(text: str, language: str | None) -> int | None:
 
 
 def adds_syntax_errors(s: Suggestion, ctx: FimContext) -> bool:
-    """Whether the document with `s` accepted has more tree-sitter errors than without it (False without
-    a grammar). A suggestion that breaks the code is worse than none (HumanEval-Infilling: an empty
-    middle passes 5 %); 60-70 % of the bundled model's single-line suggestions were such."""
+    """Whether the document with `s` accepted has more tree-sitter errors than without it, or one on the
+    lines `s` ends up on (`SyntaxSnapshot.adds_errors`; False without a grammar). A suggestion that breaks
+    the code is worse than none (HumanEval-Infilling: an empty middle passes 5 %); 60-70 % of the bundled
+    model's single-line suggestions were such."""
     if ctx.syntax is None:
         return False
     return ctx.syntax.adds_errors(s.text, replaced_chars(ctx.suffix, s.replace))
