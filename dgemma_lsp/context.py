@@ -37,6 +37,7 @@ _MAX_PARSE_CHARS = 4_000_000  # like ContextBudget.max_document_chars: no tree f
 # had swallowed much of the tree. The thread's CPU time, so that a busy machine does not flip the outcome.
 CHECK_BUDGET_S = 0.025
 _EOL = re.compile(r"\r\n|\r|\n")
+_READ_CHUNK = 1 << 16  # bytes handed to tree-sitter per read when it parses from a function
 _CLOSER_LINE = re.compile(r"^(?:[)\]}'\"`;,\s]+|end[)\]}\s;,]*)$")  # `}`, `});`, Lua's `end)` ...
 _TRAILING_BLOCK_COMMENT = re.compile(r"/\*(?:(?!\*/).)*\*/\s*$")  # `if (x) { /* why */`
 _LUA_FUNCTION_HEAD = re.compile(r"\bfunction\b[^()]*\([^()]*\)$")
@@ -90,6 +91,20 @@ class SyntaxSnapshot:
     def errors(self) -> int:
         return count_errors(self.tree.root_node)
 
+    @cached_property
+    def source(self) -> bytes:
+        """The document in UTF-8, encoded once however many suggestions are checked."""
+        return self.text.encode("utf-8", "surrogatepass")
+
+    @cached_property
+    def cursor(self) -> tuple[int, tuple[int, int]]:
+        """The cursor's byte offset and tree-sitter point (row, byte column; rows split on \\n only)."""
+        row_start = self.text.rfind("\n", 0, self.offset) + 1
+        return _utf8_len(self.text[: self.offset]), (
+            self.text.count("\n", 0, self.offset),
+            _utf8_len(self.text[row_start : self.offset]),
+        )
+
     def adds_errors(self, middle: str, replaced: int = 0) -> bool:
         """Whether `middle` put in at the cursor, over the `replaced` characters after it, leaves more
         ERROR and MISSING nodes than the document has without it, or one on the lines it ends up on
@@ -103,19 +118,36 @@ class SyntaxSnapshot:
             return False
         parser, lock = found
         end = self.offset + replaced
-        edit = _input_edit(self.text, self.offset, end, middle)
+        start_byte, start_point = self.cursor
+        removed = self.text[self.offset : end]
+        inserted = middle.encode("utf-8", "surrogatepass")
+        old_end_byte = start_byte + _utf8_len(removed)
+        new_end_byte = start_byte + len(inserted)
         edited = self.tree.copy()
-        edited.edit(**edit)
-        text = self.text[: self.offset] + middle + self.text[end:]
-        source = text.encode("utf-8", "surrogatepass")
+        edited.edit(
+            start_byte=start_byte,
+            old_end_byte=old_end_byte,
+            new_end_byte=new_end_byte,
+            start_point=start_point,
+            old_end_point=_point_after(start_point, removed),
+            new_end_point=_point_after(start_point, middle),
+        )
+        source = self.source
+
+        def read(byte: int, point: tuple[int, int]) -> bytes:
+            # The edited document read from its three parts, never joined into one copy.
+            if byte < start_byte:
+                return source[byte : min(byte + _READ_CHUNK, start_byte)]
+            if byte < new_end_byte:
+                return inserted[byte - start_byte :]
+            after = byte - new_end_byte + old_end_byte
+            return source[after : after + _READ_CHUNK]
+
         deadline = time.thread_time() + CHECK_BUDGET_S
         with lock:
             try:
-                tree = parser.parse(
-                    lambda byte, point: source[byte : byte + 65536],  # progress_callback needs a reader
-                    edited,
-                    progress_callback=lambda byte, has_error: time.thread_time() > deadline,
-                )
+                # progress_callback needs a reader function, not bytes
+                tree = parser.parse(read, edited, progress_callback=lambda *_: time.thread_time() > deadline)
             except Exception as exc:  # over budget (ValueError), or a grammar bug: never cost a suggestion
                 parser.reset()  # else the document's next parse would resume this one
                 if time.thread_time() > deadline:
@@ -124,14 +156,13 @@ class SyntaxSnapshot:
                     log.warning("tree-sitter parse failed (%s): %s", self.language, exc)
                 return False
         # The bytes of the lines the middle ends up on (whatever their line endings).
-        inserted_end = self.offset + len(middle)
-        line_start = max(text.rfind("\n", 0, self.offset), text.rfind("\r", 0, self.offset)) + 1
-        eol = _EOL.search(text, inserted_end)
-        line_end = eol.start() if eol else len(text)
-        start_byte = edit["start_byte"] - _utf8_len(text[line_start : self.offset])
-        end_byte = edit["new_end_byte"] + _utf8_len(text[inserted_end:line_end])
+        line_start = max(self.text.rfind("\n", 0, self.offset), self.text.rfind("\r", 0, self.offset)) + 1
+        eol = _EOL.search(self.text, end)
+        line_end = eol.start() if eol else len(self.text)
+        first_byte = start_byte - _utf8_len(self.text[line_start : self.offset])
+        last_byte = new_end_byte + _utf8_len(self.text[end:line_end])
         root = tree.root_node
-        return count_errors(root) > self.errors or has_error_within(root, start_byte, end_byte)
+        return count_errors(root) > self.errors or has_error_within(root, first_byte, last_byte)
 
 
 def count_errors(root: tree_sitter.Node) -> int:

@@ -431,6 +431,21 @@ def test_the_lines_test_is_told_on_the_suggestions_lines_whatever_the_line_endin
     assert adds_syntax_errors(Suggestion(" * )"), ctx)
 
 
+@pytest.mark.parametrize("line", [3, 2500, 4999])
+def test_the_check_reads_a_big_document_around_the_suggestion_right(line: int, monkeypatch) -> None:
+    # The reparse reads the document and the suggestion in pieces (chunks that split multi-byte characters,
+    # the suggestion between them, what it replaces skipped); a misread byte would show as an error.
+    monkeypatch.setattr(context_module, "CHECK_BUDGET_S", 60.0)  # an abandoned check would prove nothing
+    source = "".join(f"def f{i}(s='é{i}😀'):\n    return print(s, 'ü')\n" for i in range(5000))
+    assert len(source.encode()) > 4 * 65536
+    doc = SyntaxDocument(source, "python")
+    ctx = doc.context_at(2 * line + 1, 17)  # `    return print(|s, 'ü')`
+    assert not adds_syntax_errors(Suggestion("'😀' + "), ctx)
+    assert not adds_syntax_errors(Suggestion("'é' * 2, s, 'ü')", replace=7), ctx)
+    assert adds_syntax_errors(Suggestion("'é' * 2, s, 'ü'))", replace=7), ctx)
+    assert adds_syntax_errors(Suggestion("'é' + ("), ctx)
+
+
 def test_a_check_over_its_budget_keeps_the_suggestion_and_leaves_the_parser_clean(monkeypatch) -> None:
     # In a multi-MB file the reparse took up to 370 ms; abandoned, the parser must not resume it on the
     # document's next parse (tree-sitter would, unless reset).
