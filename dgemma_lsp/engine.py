@@ -170,7 +170,9 @@ class Engine:
         canvas_mode: CanvasMode = "plain",
         kernels: Kernels = "auto",
     ) -> None:
-        """Begin loading `model_path` in the background; with no path, stay in NO_MODEL."""
+        """Begin loading `model_path` in the background; with no path, stay in NO_MODEL. Once only."""
+        if self._thread is not None:
+            raise RuntimeError("the engine was started already")
         if on_state is not None:
             self._on_state = on_state
         self._prompt_mode = prompt_mode

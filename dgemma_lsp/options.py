@@ -63,10 +63,6 @@ _POSITIVE = {
     "max_lines",
     "candidates",
 }
-# Changing these reloads the model.
-MODEL_FIELDS = (
-    "model_path", "device", "max_denoising_steps", "infilling_mode", "backend", "canvas_mode", "kernels"
-)  # fmt: skip
 
 
 def parse_options(raw: Any, source: str = "initializationOptions") -> tuple[Options, str | None]:

@@ -41,7 +41,7 @@ from dgemma_lsp.edits import FILL_COMMAND, fill_context, find_holes
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete
 from dgemma_lsp.log import attach_client_logging, detach_client_logging
 from dgemma_lsp.model.infill import Infiller
-from dgemma_lsp.options import MODEL_ENV, MODEL_FIELDS, Options, parse_options, resolve_model_path
+from dgemma_lsp.options import MODEL_ENV, Options, parse_options, resolve_model_path
 from dgemma_lsp.policy import Debouncer, candidate_seeds, language_enabled
 from dgemma_lsp.postprocess import Suggestion, rank
 from dgemma_lsp.stats import Stats
@@ -69,8 +69,12 @@ class DgemmaProtocol(LanguageServerProtocol):
         try:
             return super().structure_message(data)
         except JsonRpcInvalidParams as exc:
-            if "method" not in data:
-                raise
+            if "method" not in data:  # a client's answer that does not fit our request's result type
+                log.warning("the answer to request %s does not fit its type: %.200s", data.get("id"), data)
+                future = self._request_futures.pop(data.get("id"), None)
+                if future is not None:  # pygls would leave it waiting forever and pop up "Invalid Params"
+                    future.set_exception(exc)
+                return _HANDLED
             # pygls would drop the message and pop up "Invalid Params" in the editor, naming nothing; a
             # request's client would wait forever. JSON-RPC answers a request with InvalidParams.
             where = "; ".join(transform_error(exc.__cause__, path="$")) if exc.__cause__ else ""
@@ -211,9 +215,11 @@ class DgemmaServer(LanguageServer):
         self.init_options: dict[str, Any] = {}  # what didChangeConfiguration settings are laid over
         self.options = Options()
         self.engine = Engine()
+        self.started_with: dict[str, Any] = {}  # engine_settings() when the engine was started
+        self.restarting = asyncio.Lock()
         self.documents: dict[str, SyntaxDocument] = {}
         self.language_ids: dict[str, str] = {}  # uri -> LSP languageId, for per-language enable
-        self.refused: set[str] = set()  # documents we already told the user we can't complete
+        self.refused: set[str] = set()  # documents we told the user we can't complete, until we can
         self.untrained: set[str | None] = set()  # languageIds we told the user the model doesn't know
         self.cache = SuggestionCache()
         self.debouncer = Debouncer()
@@ -249,6 +255,19 @@ class DgemmaServer(LanguageServer):
 
     # -- the engine, its state and progress
 
+    def engine_settings(self) -> dict[str, Any]:
+        """What the engine is started with: the options in effect, the command line's winning."""
+        o = self.options
+        return {
+            "model_path": resolve_model_path(self.cli_model, o),
+            "device": self.cli_device or o.device,
+            "max_denoising_steps": o.max_denoising_steps,
+            "prompt_mode": o.infilling_mode,
+            "backend": self.cli_backend or o.backend,
+            "canvas_mode": o.canvas_mode,
+            "kernels": self.cli_kernels or o.kernels,
+        }
+
     def start_engine(self) -> None:
         loop = asyncio.get_running_loop()
         engine = self.engine
@@ -258,26 +277,22 @@ class DgemmaServer(LanguageServer):
                 with contextlib.suppress(RuntimeError):  # the loop has closed: the client is gone
                     loop.call_soon_threadsafe(self._report_state, state, message)
 
-        path = resolve_model_path(self.cli_model, self.options)
-        engine.start(
-            path,
-            device=self.cli_device or self.options.device,
-            max_denoising_steps=self.options.max_denoising_steps,
-            prompt_mode=self.options.infilling_mode,
-            backend=self.cli_backend or self.options.backend,  # type: ignore[arg-type]  # argparse checked it
-            canvas_mode=self.options.canvas_mode,
-            kernels=self.cli_kernels or self.options.kernels,  # type: ignore[arg-type]  # argparse checked it
-            on_state=on_state,
-        )
+        self.started_with = self.engine_settings()
+        engine.start(**self.started_with, on_state=on_state)  # argparse and the options checked the values
 
     async def restart_engine(self) -> None:
-        """A new engine for new model options; the old one drops its model first (one model in memory)."""
-        old, self.engine = self.engine, Engine()
-        old.close()
-        await asyncio.to_thread(old.join)
-        self.cache.clear()
-        self.untrained.clear()
-        self.start_engine()
+        """A new engine when the model settings in effect changed; the old one drops its model first (one
+        model in memory). One restart at a time: a second started while the first waited for the old
+        model would have started the same engine twice."""
+        async with self.restarting:
+            if self.engine_settings() == self.started_with:
+                return
+            old, self.engine = self.engine, Engine()
+            old.close()
+            await asyncio.to_thread(old.join)
+            self.cache.clear()
+            self.untrained.clear()
+            self.start_engine()
 
     def _report_state(self, state: EngineState, message: str) -> None:
         if state is EngineState.NO_MODEL:
@@ -355,12 +370,11 @@ class DgemmaServer(LanguageServer):
             log.warning(problem)
             self.show(f"dgemma-lsp: {problem}", types.MessageType.Warning)
         layered = {**self.init_options, **settings} if isinstance(settings, dict) else self.init_options
-        old, (self.options, _) = self.options, parse_options(layered)
+        self.options, _ = parse_options(layered)
         self.debouncer.fixed_ms = self.options.debounce_ms
         self.cache.clear()  # cached suggestions were shaped by the old options
         self.speculated.clear()
-        if any(getattr(old, name) != getattr(self.options, name) for name in MODEL_FIELDS):
-            await self.restart_engine()
+        await self.restart_engine()
 
     # -- requests
 
@@ -434,11 +448,12 @@ class DgemmaServer(LanguageServer):
         try:
             ctx = doc.context_at(position.line, position.character, self.budget)
         except UnsupportedDocument as exc:
-            if uri not in self.refused:
+            if uri not in self.refused:  # once, not on every keystroke
                 self.refused.add(uri)
                 log.warning("%s: %s", uri, exc)
                 self.show(f"dgemma-lsp: {exc}", types.MessageType.Warning)
             return []
+        self.refused.discard(uri)
         want = self.options.candidates if invoked else 1
         hit = self.cache.get(ctx.prefix, ctx.suffix)
         if hit is not None and (hit.typed or not invoked or len(hit.suggestions) >= want):
@@ -577,7 +592,8 @@ def initialize(ls: DgemmaServer, params: types.InitializeParams) -> None:
 
 
 def initialized(ls: DgemmaServer, params: types.InitializedParams) -> None:
-    ls.start_engine()
+    if not ls.started_with:  # else settings sent before `initialized` started it already
+        ls.start_engine()
 
 
 async def did_change_configuration(ls: DgemmaServer, params: types.DidChangeConfigurationParams) -> None:
@@ -588,9 +604,13 @@ async def did_change_configuration(ls: DgemmaServer, params: types.DidChangeConf
         workspace = ls.client_capabilities.workspace
         if workspace is None or not workspace.configuration:
             return
-        pulled = await ls.workspace_configuration_async(
-            types.ConfigurationParams(items=[types.ConfigurationItem(section=SETTINGS_SECTION)])
-        )
+        try:
+            pulled = await ls.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=SETTINGS_SECTION)])
+            )
+        except Exception as exc:  # the client's failure: keep the options in effect, no pop-up
+            log.warning("workspace/configuration failed (%s); the settings stay as they were", exc)
+            return
         settings = pulled[0] if pulled else None
     await ls.apply_settings(settings or {})
 
@@ -608,7 +628,6 @@ def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> N
         return
     for change in params.content_changes:
         doc.apply_change(change.text, getattr(change, "range", None))
-    ls.refused.discard(uri)
     ls.debouncer.typed(uri)
 
 
@@ -620,6 +639,9 @@ def did_close(ls: DgemmaServer, params: types.DidCloseTextDocumentParams) -> Non
     ls.refused.discard(uri)
     ls.debouncer.forget(uri)
     ls.engine.forget(uri)
+    for (pending_uri, _), task in list(ls.pending.items()):
+        if pending_uri == uri:
+            task.cancel()  # a request still waiting out its debounce, or the model's: no one wants it now
 
 
 def _range(position: types.Position, suggestion: Suggestion) -> types.Range:
@@ -700,14 +722,23 @@ async def fill_range(ls: DgemmaServer, uri: str, span: types.Range) -> dict[str,
     if not ls.engine.accepting:
         ls.show(f"dgemma-lsp: {ls.status()['message']}", types.MessageType.Warning)
         return {"applied": False}
-    start = doc.offset_at(span.start.line, span.start.character)
-    end = doc.offset_at(span.end.line, span.end.character)
+    a = doc.offset_at(span.start.line, span.start.character)
+    b = doc.offset_at(span.end.line, span.end.character)
+    start, end = min(a, b), max(a, b)
     before = doc.text
     try:
-        ctx = fill_context(doc, min(start, end), max(start, end), ls.budget)
+        ctx = fill_context(doc, start, end, ls.budget)
     except UnsupportedDocument as exc:
         raise JsonRpcInvalidParams(f"{FILL_COMMAND}: {exc}") from None
-    completions, found = await ls.run_model(f"fill {uri}", uri, ctx, ls.options.candidates)
+    try:  # a job per span: a fill supersedes an older one of the same span only
+        completions, found = await ls.run_model(f"fill {uri} {start}:{end}", uri, ctx, ls.options.candidates)
+    except Cancelled:  # a result, not an error: editors show a failed command's error as a failure
+        ls.stats.count("cancelled")
+        ls.show(
+            "dgemma-lsp: the fill was cancelled (filled again, or the model reloaded).",
+            types.MessageType.Info,
+        )
+        return {"applied": False}
     if ls.documents.get(uri) is not doc or doc.text != before:
         ls.show(
             "dgemma-lsp: the document changed while filling; nothing was replaced.", types.MessageType.Info
@@ -721,10 +752,10 @@ async def fill_range(ls: DgemmaServer, uri: str, span: types.Range) -> dict[str,
         ls.show(f"dgemma-lsp: {why}.", types.MessageType.Info)
         return {"applied": False}
     best = found[0]
-    last = doc.position_at(max(start, end))
+    last = doc.position_at(end)
     edit = types.TextEdit(
         range=types.Range(
-            start=doc.position_at(min(start, end)),
+            start=doc.position_at(start),
             end=types.Position(line=last.line, character=last.character + best.replace),
         ),
         new_text=best.text,

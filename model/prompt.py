@@ -85,6 +85,8 @@ def resolve_mode(
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, code: bool) -> list[int]:
     if not text:
         return []
+    # A lone surrogate (a client's broken UTF-16) makes the tokenizer raise: it becomes U+FFFD.
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     # split_special_tokens: user code is data, never control tokens.
     return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=code))
 

@@ -73,6 +73,14 @@ def test_code_cannot_inject_special_tokens(fim_tok) -> None:
     assert ids.count(2) == 1  # only the leading <bos>
 
 
+@pytest.mark.parametrize("mode", ["fim", "chat"])
+def test_a_lone_surrogate_is_encoded_as_a_replacement_character(mode, fim_tok, chat_tok) -> None:
+    # A client's broken UTF-16 ("\\ud800" in its JSON) reaches the prompt; the tokenizer raised on it.
+    tokenizer = fim_tok if mode == "fim" else chat_tok
+    ids = build_prompt(tokenizer, "s = '\ud800", "\udfff'\n", mode=mode)
+    assert ids == build_prompt(tokenizer, "s = '\ufffd", "\ufffd'\n", mode=mode)
+
+
 def test_chat_fallback(chat_tok) -> None:
     ids = build_prompt(chat_tok, PREFIX, SUFFIX, language="python")
     text = chat_tok.decode(ids)

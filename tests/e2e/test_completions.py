@@ -327,6 +327,44 @@ async def test_fill_rejects_bad_arguments_and_stays_up(session) -> None:
     assert (await stats(client)).status.state != "error"  # still up and answering
 
 
+async def test_fills_of_two_holes_at_once_are_both_applied(session) -> None:
+    # Each span is its own job: the second fill superseded the first, answered with an internal error.
+    client, _, edits = session
+    uri = "file:///work/demo/two_holes.py"
+    open_doc(client, "def f(x):\n    ...\n\n\ndef g(y):\n    ...\n", uri)
+    edits.clear()
+    command = "dgemma.fillRange"
+    first, second = await asyncio.gather(
+        *(
+            client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command=command, arguments=[uri, span(line, 4, 7)])
+            )
+            for line in (1, 5)
+        )
+    )
+    assert first["applied"] and second["applied"]
+    assert sorted(e.edit.changes[uri][0].range.start.line for e in edits) == [1, 5]
+    edits.clear()
+
+
+async def test_a_request_waiting_out_its_debounce_is_cancelled_when_its_document_closes(
+    tiny_checkpoint: Path,
+) -> None:
+    options = {"modelPath": str(tiny_checkpoint), "debounceMs": 3000, "maxDenoisingSteps": 1}
+    client, _, _ = await start_recording(options | RANDOM_WEIGHTS)
+    uri = "file:///work/demo/closing.py"
+    open_doc(client, "def f(x):\n    return \n", uri)
+    pending = asyncio.ensure_future(client.text_document_inline_completion_async(params(uri, 1, 11)))
+    await asyncio.sleep(0.3)
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+    )
+    with pytest.raises(JsonRpcRequestCancelled):  # at once, not after the debounce
+        await asyncio.wait_for(pending, 2)
+    assert (await stats(client)).completions == 0  # the model never ran for it
+    assert await stop(client) == 0
+
+
 async def test_fill_gives_up_when_the_document_changes_meanwhile(session) -> None:
     client, _, edits = session
     uri = "file:///work/demo/moving.py"

@@ -139,3 +139,60 @@ async def test_a_fill_that_would_break_the_code_is_not_applied_and_says_why(clie
     assert after.completions - before.completions == 1 and after.brokeSyntax - before.brokeSyntax == 1
     told = [m.message for m in client.messages if "would break the code" in m.message]
     assert told == ["dgemma-lsp: each fill the model wrote would break the code (syntaxCheck)."]
+
+
+async def test_settings_changed_twice_while_the_model_loads_load_it_once(tiny_checkpoint: Path) -> None:
+    # The first reload waited for the loading model while the second swapped engines: the second's engine
+    # was then started twice (two worker threads, two models).
+    client = await ClientServerConfig(server_command=SERVER).start()
+    await client.initialize_session(
+        types.InitializeParams(
+            capabilities=client_capabilities(), initialization_options={"modelPath": str(tiny_checkpoint)}
+        )
+    )
+    for steps in (2, 3):  # while the first model still loads (its imports alone take seconds)
+        change_settings(client, {"modelPath": str(tiny_checkpoint), "maxDenoisingSteps": steps})
+    await options_when(client, lambda o: o.maxDenoisingSteps == 3)
+    for _ in range(300):
+        if (await stats(client)).status.state == "ready":
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # a second start of the same engine would say so by now
+    loads = [m.message for m in client.log_messages if m.message.startswith("Loading model from")]
+    assert len(loads) == 2, loads  # the first model, then the last settings' once
+    assert (await stats(client)).status.state == "ready"
+    assert await stop(client) == 0
+
+
+async def test_a_failed_settings_pull_keeps_the_options_and_pops_nothing_up(tiny_checkpoint: Path) -> None:
+    capabilities = client_capabilities()
+    capabilities.workspace = types.WorkspaceClientCapabilities(configuration=True)
+    client = await ClientServerConfig(server_command=SERVER).start()
+    answers: list[Any] = [RuntimeError("no settings here"), None]  # an error, then a null result
+
+    client.protocol.fm.features.pop(types.WORKSPACE_CONFIGURATION)  # pytest-lsp's own answers it
+
+    @client.feature(types.WORKSPACE_CONFIGURATION)
+    def configuration(params: types.ConfigurationParams) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    options = {"modelPath": str(tiny_checkpoint), "maxLines": 7, **RANDOM_WEIGHTS}
+    await client.initialize_session(
+        types.InitializeParams(capabilities=capabilities, initialization_options=options)
+    )
+    for pulls in (1, 2):
+        change_settings(client, None)
+        for _ in range(100):
+            failed = [m for m in client.log_messages if m.message.startswith("workspace/configuration fail")]
+            if len(failed) == pulls:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"pull {pulls} was not answered: {[m.message for m in client.log_messages]}")
+    await asyncio.sleep(0.2)
+    assert [m.message for m in client.messages if m.type == types.MessageType.Error] == []
+    assert (await stats(client)).options.maxLines == 7
+    assert await stop(client) == 0
