@@ -35,6 +35,19 @@ def find_holes(line: str) -> list[tuple[int, int]]:
     return [m.span() for p in _HOLE_SPANS for m in p.finditer(line)]
 
 
+def fill_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span to fill for the selection text[start:end] (either way round). A selection of whole lines
+    ends at the start of the line after them: its last line break is left out, so the fill ends where the
+    last selected line did and the line after keeps its own start (else the block middle, which never
+    ends in a line break, ran into it)."""
+    start, end = min(start, end), max(start, end)
+    if text.endswith("\n", start, end):
+        end -= 1
+    if text.endswith("\r", start, end):
+        end -= 1
+    return start, end
+
+
 def fill_context(doc: SyntaxDocument, start: int, end: int, budget: ContextBudget) -> FimContext:
     """The context for replacing doc.text[start:end]: the document without the span, cursor at its start.
 

@@ -90,21 +90,37 @@ def finish_middle(raw: str, ctx: FimContext) -> str:
 
 
 def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
-    text = text.rstrip()
     tail = ctx.line_suffix
+    text = _trim_end(text, tail)
     if not text.strip() or _is_stuck(text):
         return None
     replace = _auto_closed_overlap(ctx.line_prefix, text, tail)
-    if replace is None and tail.strip() and text.endswith(tail.strip()):
-        # The model re-typed the rest of the line (`, b)` in `f(a|, b)`): keep only what is new.
-        text = text[: -len(tail.strip())].rstrip()
+    retyped = tail.strip()
+    if replace is None and retyped and text.endswith(retyped) and _depth(text) == _depth(retyped):
+        # The model re-typed the rest of the line (`, b)` in `f(a|, b)`): keep only what is new. Not
+        # when the text closes its own brackets (`make(3)` before the `)` of a call opened above).
+        text = _trim_end(text[: -len(retyped)], tail)
         if not text.strip():
             return None
     replace = replace or 0
     new = text.strip()
-    if new in (tail[:replace].strip(), tail.strip(), _next_line(ctx).strip()):
-        return None  # only repeats what is already there
+    below = _next_line(ctx).strip()
+    if new in (tail[:replace].strip(), retyped, below) or (
+        not retyped and (ctx.line_prefix + new).strip() == below
+    ):
+        return None  # only repeats what is already there (the line completed into the next one, too)
     return Suggestion(text, _utf16_len(tail[:replace]))
+
+
+def _trim_end(text: str, tail: str) -> str:
+    """`text` without trailing whitespace, unless the code after the cursor starts with a word that
+    the whitespace keeps apart (`if not |ok:`)."""
+    return text if tail[:1].isalnum() or tail[:1] == "_" else text.rstrip()
+
+
+def _depth(text: str) -> int:
+    """Brackets `text` opens minus those it closes (text rule, strings not told apart)."""
+    return sum(ch in "([{" for ch in text) - sum(ch in ")]}" for ch in text)
 
 
 def _auto_closed_overlap(line_prefix: str, text: str, tail: str) -> int | None:
@@ -167,18 +183,26 @@ def _next_line(ctx: FimContext) -> str:
 def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
     """Lines up to where the block ends (a dedent past its opener) or the code after the cursor begins."""
     below = _next_line(ctx)
-    if below and lines[0].strip() == below.strip():
+    after = [line.strip() for line in ctx.suffix.splitlines()[1:] if line.strip()]
+
+    def runs_into_suffix(rest: list[str]) -> bool:
+        # Two lines alike, or as many as are left: one alike (`try:` before `try:`) may be new code.
+        ahead = [line.strip() for line in rest if line.strip()]
+        alike = min(2, len(ahead), len(after))
+        return alike > 0 and ahead[:alike] == after[:alike]
+
+    if below and runs_into_suffix(lines):
         return []
     limit = ctx.block_indent
     if limit is None and indent_width(ctx.line_prefix + lines[0]) > 0:
         # At top level (the end of a file, say) a middle that starts indented continues the body above it.
         limit = indent_width(ctx.line_prefix + lines[0]) - 1
     kept = [lines[0]]
-    for line in lines[1:]:
+    for i, line in enumerate(lines[1:], 1):
         if line.strip():
             if limit is not None and indent_width(line) <= limit:
                 break  # dedented past the block that holds the cursor: its scope has ended
-            if line.strip() == below.strip() and indent_width(line) == indent_width(below):
+            if indent_width(line) == indent_width(below) and runs_into_suffix(lines[i:]):
                 break  # the code after the cursor starts here
         kept.append(line)
     return kept

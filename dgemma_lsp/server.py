@@ -37,7 +37,7 @@ from pygls.protocol.language_server import lsp_method
 from dgemma_lsp import __version__
 from dgemma_lsp.cache import SuggestionCache
 from dgemma_lsp.context import ContextBudget, FimContext, SyntaxDocument, UnsupportedDocument, language_for
-from dgemma_lsp.edits import FILL_COMMAND, fill_context, find_holes
+from dgemma_lsp.edits import FILL_COMMAND, fill_context, fill_span, find_holes
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete
 from dgemma_lsp.log import attach_client_logging, detach_client_logging
 from dgemma_lsp.model.infill import Infiller
@@ -722,9 +722,11 @@ async def fill_range(ls: DgemmaServer, uri: str, span: types.Range) -> dict[str,
     if not ls.engine.accepting:
         ls.show(f"dgemma-lsp: {ls.status()['message']}", types.MessageType.Warning)
         return {"applied": False}
-    a = doc.offset_at(span.start.line, span.start.character)
-    b = doc.offset_at(span.end.line, span.end.character)
-    start, end = min(a, b), max(a, b)
+    start, end = fill_span(
+        doc.text,
+        doc.offset_at(span.start.line, span.start.character),
+        doc.offset_at(span.end.line, span.end.character),
+    )
     before = doc.text
     try:
         ctx = fill_context(doc, start, end, ls.budget)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dgemma_lsp.context import ContextBudget, SyntaxDocument
-from dgemma_lsp.edits import fill_context, find_holes
+from dgemma_lsp.edits import fill_context, fill_span, find_holes
+from dgemma_lsp.postprocess import adds_syntax_errors, after_indentation, finish
 
 
 @pytest.mark.parametrize(
@@ -60,3 +61,31 @@ def test_a_selection_over_lines_gets_a_block_middle() -> None:
         " }",
         99,
     )
+
+
+@pytest.mark.parametrize(
+    "text, language, first, last",
+    [
+        ("def total(items):\n    s = 0\n    for x in items:\n        s += x\n    return s\n", "python", 2, 4),
+        (
+            "func Sum(xs []int) int {\r\n\ts := 0\r\n\tfor _, x := range xs {\r\n"
+            "\t\ts += x\r\n\t}\r\n\treturn s\r\n}\r\n",
+            "go",
+            2,
+            5,
+        ),
+    ],
+)
+def test_whole_lines_selected_and_filled_with_what_they_held_give_the_file_back(
+    text: str, language: str, first: int, last: int
+) -> None:
+    # Selected from the start of line `first` to the start of line `last`, as selecting lines does. The
+    # block middle never ends in a line break: with the selection's own kept, the fill ran into `last`.
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    start, end = fill_span(text, starts[last], starts[first])  # selected upwards
+    assert (start, text[end:].startswith(("\n", "\r\n"))) == (starts[first], True)
+    doc = SyntaxDocument(text, language)
+    ctx = fill_context(doc, start, end, ContextBudget())
+    found = finish(after_indentation(ctx.indent_at_cursor + text[start:end], ctx.indent_at_cursor), ctx)
+    assert found is not None and not adds_syntax_errors(found, ctx)
+    assert text[:start] + found.text + text[end:] == text

@@ -182,6 +182,45 @@ def test_a_retyped_rest_of_line_is_dropped_from_the_middle() -> None:
 
 
 @pytest.mark.parametrize(
+    "source, language, raw, expected",
+    [
+        ("def f(x, ok):\n    if <|cursor|>ok:\n        pass\n", "python", "x and not ", "x and not "),
+        ("const total = <|cursor|>price;\n", "javascript", "await ", "await "),
+        ("func f() error {\n\treturn <|cursor|>err\n}\n", "go", "nil, ", "nil, "),
+        ("print(<|cursor|>)\n", "python", "x  ", "x"),  # before a closer the space is noise
+        ("x = <|cursor|>\n", "python", "1  ", "1"),
+    ],
+)
+def test_a_middle_keeps_the_space_that_parts_it_from_the_word_after_the_cursor(
+    source: str, language: str, raw: str, expected: str
+) -> None:
+    # Stripped, `x and not ` + `ok` read `notok`: still valid code, so no check could catch it.
+    assert finish(raw, context(source, language)) == Suggestion(expected)
+
+
+@pytest.mark.parametrize(
+    "source, language, raw",
+    [
+        ("result = compute(\n    alpha,\n    <|cursor|>)\n", "python", "beta=make(3)"),
+        ("func New() *Cache {\n<|cursor|>}\n", "go", "\treturn &Cache{entries: map[string]int{}}\n"),
+        ("function f() {\n<|cursor|>}\n", "javascript", "  return { a: 1 }\n"),
+    ],
+)
+def test_a_middle_that_closes_its_own_brackets_keeps_them_before_a_closer(
+    source: str, language: str, raw: str
+) -> None:
+    # The rest of the line (`)`, `}`) closes what a line above opened; the middle's own closer is not it.
+    found = finish(raw, context(source, language))
+    assert found is not None and syntax_errors(filled(source, language, found), language) == 0
+
+
+def test_a_line_completed_into_the_next_line_is_rejected() -> None:
+    ctx = context("def f(x):\n    y = x + 1\n    re<|cursor|>\n    return y\n", "python")
+    assert finish("turn y", ctx) is None
+    assert finish("turn x", ctx) == Suggestion("turn x")
+
+
+@pytest.mark.parametrize(
     "source, language, raw",
     [
         ("f(a<|cursor|>, b)\n", "python", ", b)"),  # the rest of the line, nothing new
@@ -276,6 +315,15 @@ def test_a_nested_line_equal_to_the_next_line_is_not_the_suffix() -> None:
 def test_a_block_middle_that_is_the_next_line_is_rejected() -> None:
     source = "func f() int {\n\t<|cursor|>\n\treturn 1\n}\n"
     assert finish("return 1\n}\n", context(source, "go")) is None
+
+
+def test_a_block_middle_that_only_starts_like_the_code_below_is_kept() -> None:
+    # One line alike is not the code below running on: two are (or the middle's last).
+    source = "def f():\n    <|cursor|>\n    try:\n        g()\n    except OSError:\n        pass\n"
+    raw = "try:\n        h()\n    except ValueError:\n        return None\n    try:\n        g()\n"
+    assert finish_middle(raw, context(source, "python")) == (
+        "try:\n        h()\n    except ValueError:\n        return None"
+    )
 
 
 def test_looping_lines_are_cut_to_one() -> None:
