@@ -22,6 +22,9 @@ _AUTO_CLOSED_TAIL = re.compile(r"[)\]}\"'`;,:\s]*")
 # A unit of 1-12 characters repeated 10+ times in a row: the sampler got stuck (`foo(foo(foo(...`, `aaaa...`).
 _STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
 _LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
+_QUOTES = "\"'`"
+_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+_STRING_PREFIXES = {"b", "r", "u", "f", "rb", "br", "fr", "rf", "t", "tr", "rt"}  # Python's
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
     text = _trim_end(text, tail)
     if not text.strip() or _is_stuck(text):
         return None
-    replace = _auto_closed_overlap(ctx.line_prefix, text, tail)
+    replace = _auto_closed_overlap(ctx.line_prefix, text, tail, ctx.language)
     retyped = tail.strip()
     if replace is None and retyped and text.endswith(retyped) and _depth(text) == _depth(retyped):
         # The model re-typed the rest of the line (`, b)` in `f(a|, b)`): keep only what is new. Not
@@ -123,7 +126,7 @@ def _depth(text: str) -> int:
     return sum(ch in "([{" for ch in text) - sum(ch in ")]}" for ch in text)
 
 
-def _auto_closed_overlap(line_prefix: str, text: str, tail: str) -> int | None:
+def _auto_closed_overlap(line_prefix: str, text: str, tail: str, language: str | None) -> int | None:
     """How many characters of `tail` the completed line closes itself; None when `tail` is not auto-closed.
 
     With `tail` made only of closing brackets/quotes (what auto-pair plugins insert), `text` may close
@@ -132,40 +135,53 @@ def _auto_closed_overlap(line_prefix: str, text: str, tail: str) -> int | None:
     """
     if not tail.strip() or _AUTO_CLOSED_TAIL.fullmatch(tail) is None:
         return None
-    if not _owed_closers(line_prefix).startswith(_closers_in(tail)):
+    owed, closers = _owed_closers(line_prefix, language), _closers_in(tail)
+    if not owed.startswith(closers):
         return None  # not opened on this line (the `)` that ends a call over several lines): not auto-closed
-    owed = _owed_closers(line_prefix + text)
+    # How many of them `text` closes: what it leaves owed ends with the rest (after what it opens anew,
+    # such as the `{` of a body to come).
+    after = _owed_closers(line_prefix + text, language)
+    closed = next(j for j in range(len(owed) + 1) if after.endswith(owed[j:]))
     for k in range(len(tail) + 1):
-        if _closers_in(tail[k:]) == owed:
+        if _closers_in(tail[k:]) == closers[closed:]:
             rest = tail[k:].strip()
             # What is left (`;`, `:`) may have been re-typed too: `foo(` + `x);` before `);`.
             return len(tail) if rest and not _closers_in(rest) and text.endswith(rest) else k
     return None  # the brackets do not add up (quotes in comments, say): treat the tail as ordinary text
 
 
-def _owed_closers(line: str) -> str:
+def _owed_closers(line: str, language: str | None = None) -> str:
     """Closing brackets and quotes that `line` still needs, innermost first (text rule, no tree)."""
-    stack: list[str] = []
-    quote: str | None = None
+    stack: list[str] = []  # what closes each open bracket or string; a quote on top: inside a string
     escaped = False
     for i, ch in enumerate(line):
+        quote = stack[-1] if stack and stack[-1] in _QUOTES else None
         if quote is not None:
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
             elif ch == quote:
-                quote = None
                 stack.pop()
-        elif ch in '"`' or (ch == "'" and not (i and (line[i - 1].isalnum() or line[i - 1] == "&"))):
-            # `don't` and Rust's `&'a` are not quotes.
-            quote = ch
+            elif quote == "`" and ch == "{" and line[i - 1] == "$":
+                stack.append("}")  # a template string's `${...}`: code until its `}`
+        elif ch in '"`' or (ch == "'" and _opens_quote(line, i, language)):
             stack.append(ch)
         elif ch in _CLOSING:
             stack.append(_CLOSING[ch])
         elif ch in ")]}" and stack and stack[-1] == ch:
             stack.pop()
     return "".join(reversed(stack))
+
+
+def _opens_quote(line: str, i: int, language: str | None) -> bool:
+    """Whether the `'` at line[i] opens a string or character literal."""
+    if language == "rust":  # else a lifetime (`<'a>`, `&'a str`): a char literal closes at once
+        return i == len(line) - 1 or line.startswith("\\", i + 1) or line.startswith("'", i + 2)
+    before = line[:i]
+    word = before[len(before.rstrip(_WORD_CHARS)) :]
+    # `don't` is no quote; a string prefix (`b'`, `rb'`, `f'`) is, and so is `'` after a non-word.
+    return not word or word.lower() in _STRING_PREFIXES
 
 
 def _closers_in(text: str) -> str:
