@@ -22,6 +22,7 @@ _AUTO_CLOSED_TAIL = re.compile(r"[)\]}\"'`;,:\s]*")
 # A unit of 1-12 characters repeated 10+ times in a row: the sampler got stuck (`foo(foo(foo(...`, `aaaa...`).
 _STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
 _LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
+_CASE_LABEL = re.compile(r"(case\b|default\s*:)")
 _QUOTES = "\"'`"
 _WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 _STRING_PREFIXES = {"b", "r", "u", "f", "rb", "br", "fr", "rf", "t", "tr", "rt"}  # Python's
@@ -216,12 +217,22 @@ def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
     kept = [lines[0]]
     for i, line in enumerate(lines[1:], 1):
         if line.strip():
-            if limit is not None and indent_width(line) <= limit:
+            width, code = indent_width(line), line.strip()
+            if limit is not None and width <= limit and not _still_inside(code, width == limit, kept):
                 break  # dedented past the block that holds the cursor: its scope has ended
             if indent_width(line) == indent_width(below) and runs_into_suffix(lines[i:]):
                 break  # the code after the cursor starts here
         kept.append(line)
     return kept
+
+
+def _still_inside(code: str, at_limit: bool, kept: list[str]) -> bool:
+    """Whether a line as shallow as the block's opener still belongs to the middle: a `case` label at
+    its switch's level (gofmt, kernel style), or the closer of a bracket the middle opened (an Allman
+    `{` body)."""
+    if at_limit and _CASE_LABEL.match(code):
+        return True
+    return code[:1] in ")]}" and _depth("".join(kept)) > 0
 
 
 def _drop_repeated_lines(lines: list[str]) -> list[str]:

@@ -332,6 +332,36 @@ def test_a_block_middle_that_only_starts_like_the_code_below_is_kept() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "source, language, raw",
+    [
+        # gofmt and kernel style put `case` at the switch's level: not the end of the switch's body.
+        (
+            'func kind(n int) string {\n\tswitch {\n\t<|cursor|>\n\t}\n\treturn "?"\n}\n',
+            "go",
+            'case n < 0:\n\t\treturn "negative"\n\tdefault:\n\t\treturn "positive"',
+        ),
+        (
+            "int f(int c)\n{\n\tswitch (c) {\n\t<|cursor|>\n\t}\n}\n",
+            "c",
+            "case 1:\n\t\treturn 10;\n\tdefault:\n\t\tbreak;",
+        ),
+        # An Allman body's `}` closes the middle's own `{`.
+        (
+            "static int add(int a, int b)\n<|cursor|>\n\nint main(void)\n{\n    return 0;\n}\n",
+            "c",
+            "{\n    return a + b;\n}",
+        ),
+    ],
+)
+def test_a_line_at_the_openers_level_that_still_belongs_to_the_middle_is_kept(
+    source: str, language: str, raw: str
+) -> None:
+    found = finish(raw + "\n" + "}\n" * 2, context(source, language))  # the model runs on past it
+    assert found == Suggestion(raw)
+    assert syntax_errors(filled(source, language, found), language) == 0
+
+
 def test_looping_lines_are_cut_to_one() -> None:
     ctx = context(PY_BODY, "python")
     raw = "total = 0\n    total += r\n    total += r\n    total += r\n    total += r\n    return total"
