@@ -51,11 +51,11 @@ def finish(
 
     `indentation` defaults to what the context's text uses; `max_lines` caps block middles.
     """
-    text = raw.replace("\r\n", "\n")
+    text = re.sub(r"\r\n?", "\n", raw)
     if "\ufffd" not in ctx.prefix and "\ufffd" not in ctx.suffix:
         # Byte tokens that make no character decode to U+FFFD: the middle is only good up to there.
         text = text.partition("\ufffd")[0]
-    eol = "\r\n" if "\r\n" in ctx.prefix or "\r\n" in ctx.suffix else "\n"
+    eol = _line_ending(ctx.prefix + ctx.suffix)
     if ctx.scope == "line":
         first, newline, _ = text.partition("\n")
         found = _finish_line(first, ctx)
@@ -73,6 +73,13 @@ def finish(
         return None
     text = reindent(text, indentation or detect_indentation(ctx.prefix + ctx.suffix), ctx.line_prefix)
     return Suggestion(text.replace("\n", eol))
+
+
+def _line_ending(text: str) -> str:
+    """The document's line ending: \\r\\n, a lone \\r (old Mac files), else \\n."""
+    if "\r\n" in text:
+        return "\r\n"
+    return "\r" if "\r" in text and "\n" not in text else "\n"
 
 
 def after_indentation(middle: str, indent: str) -> str:

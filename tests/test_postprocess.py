@@ -374,9 +374,14 @@ def test_max_lines_caps_a_block() -> None:
     assert finish(raw, ctx, max_lines=2) == Suggestion("a = 1\n    b = 2")
 
 
-def test_crlf_documents_get_crlf_middles() -> None:
-    ctx = context("def f():\r\n    <|cursor|>\r\n", "python")
-    assert finish_middle("a = 1\n    return a\n", ctx) == "a = 1\r\n    return a"
+@pytest.mark.parametrize("eol", ["\r\n", "\r"], ids=["crlf", "cr"])
+def test_a_middle_gets_the_documents_line_endings_whatever_the_models(eol: str) -> None:
+    ctx = context(f"def f():{eol}    <|cursor|>{eol}", "python")
+    for model_eol in ("\n", "\r\n", "\r"):
+        raw = f"a = 1{model_eol}    return a{model_eol}"
+        assert finish_middle(raw, ctx) == f"a = 1{eol}    return a"
+    line_start = context(f"def f(x):{eol}<|cursor|>    return y{eol}", "python")
+    assert finish_middle("    y = x\r", line_start) == f"    y = x{eol}"  # a new line, not glued to the next
 
 
 @pytest.mark.parametrize("raw", ["", "\n\n", "   "])
