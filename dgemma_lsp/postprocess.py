@@ -22,6 +22,7 @@ _AUTO_CLOSED_TAIL = re.compile(r"[)\]}\"'`;,:\s]*")
 # A unit of 1-12 characters repeated 10+ times in a row: the sampler got stuck (`foo(foo(foo(...`, `aaaa...`).
 _STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
 _LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
+_NO_SPACE_BEFORE = ")]}\"'`;,.:"
 _CASE_LABEL = re.compile(r"(case\b|default\s*:)")
 _QUOTES = "\"'`"
 _WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
@@ -115,18 +116,19 @@ def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
             return None
     replace = replace or 0
     new = text.strip()
-    below = _next_line(ctx).strip()
-    if new in (tail[:replace].strip(), retyped, below) or (
-        not retyped and (ctx.line_prefix + new).strip() == below
+    below = _next_line(ctx)
+    completed = (ctx.line_prefix + text).rstrip()
+    if new in (tail[:replace].strip(), retyped, below.strip()) or (
+        not retyped and completed == below.rstrip()
     ):
         return None  # only repeats what is already there (the line completed into the next one, too)
     return Suggestion(text, _utf16_len(tail[:replace]))
 
 
 def _trim_end(text: str, tail: str) -> str:
-    """`text` without trailing whitespace, unless the code after the cursor starts with a word that
-    the whitespace keeps apart (`if not |ok:`)."""
-    return text if tail[:1].isalnum() or tail[:1] == "_" else text.rstrip()
+    """`text` without trailing whitespace, unless the code after the cursor starts with what the
+    whitespace keeps apart (`not ` before `ok:`, `) ` before `{`): not a closer or separator."""
+    return text if tail[:1].strip() and tail[0] not in _NO_SPACE_BEFORE else text.rstrip()
 
 
 def _depth(text: str) -> int:

@@ -193,6 +193,7 @@ def test_a_retyped_rest_of_line_is_dropped_from_the_middle() -> None:
         ("def f(x, ok):\n    if <|cursor|>ok:\n        pass\n", "python", "x and not ", "x and not "),
         ("const total = <|cursor|>price;\n", "javascript", "await ", "await "),
         ("func f() error {\n\treturn <|cursor|>err\n}\n", "go", "nil, ", "nil, "),
+        ("if (ok<|cursor|>{\n}\n", "javascript", ") ", ") "),
         ("print(<|cursor|>)\n", "python", "x  ", "x"),  # before a closer the space is noise
         ("x = <|cursor|>\n", "python", "1  ", "1"),
     ],
@@ -224,6 +225,8 @@ def test_a_line_completed_into_the_next_line_is_rejected() -> None:
     ctx = context("def f(x):\n    y = x + 1\n    re<|cursor|>\n    return y\n", "python")
     assert finish("turn y", ctx) is None
     assert finish("turn x", ctx) == Suggestion("turn x")
+    nested = context("if a then\n  if b then\n    f()\n  e<|cursor|>\nend\n", "lua")
+    assert finish("nd", nested) == Suggestion("nd")  # the next line's `end` closes another block
 
 
 @pytest.mark.parametrize(
