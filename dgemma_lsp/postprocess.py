@@ -22,7 +22,6 @@ _AUTO_CLOSED_TAIL = re.compile(r"[)\]}\"'`;,:\s]*")
 # A unit of 1-12 characters repeated 10+ times in a row: the sampler got stuck (`foo(foo(foo(...`, `aaaa...`).
 _STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
 _LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
-_NO_SPACE_BEFORE = ")]}\"'`;,.:"
 _CASE_LABEL = re.compile(r"(case\b|default\s*:)")
 _QUOTES = "\"'`"
 _WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
@@ -126,9 +125,10 @@ def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
 
 
 def _trim_end(text: str, tail: str) -> str:
-    """`text` without trailing whitespace, unless the code after the cursor starts with what the
-    whitespace keeps apart (`not ` before `ok:`, `) ` before `{`): not a closer or separator."""
-    return text if tail[:1].strip() and tail[0] not in _NO_SPACE_BEFORE else text.rstrip()
+    """`text` without trailing whitespace, unless code the user wrote follows the cursor: then the
+    whitespace is the gap before it (`not ` before `ok:`, `) ` before `{`, `, ` before `"`)."""
+    keep = tail[:1].strip() and _AUTO_CLOSED_TAIL.fullmatch(tail) is None
+    return text if keep else text.rstrip()
 
 
 def _depth(text: str) -> int:

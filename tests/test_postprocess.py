@@ -21,6 +21,7 @@ from dgemma_lsp.postprocess import (
     finish_middle,
     rank,
     reindent,
+    replaced_chars,
     syntax_errors,
 )
 
@@ -486,6 +487,33 @@ def test_the_rest_of_a_line_being_typed_adds_no_syntax_errors(path: Path) -> Non
             doc = SyntaxDocument("\n".join([*lines[:i], line[:cut], *lines[i + 1 :]]), language)
             ctx = doc.context_at(i, cut, ContextBudget(prefix_tokens=60, suffix_tokens=20))
             assert not adds_syntax_errors(Suggestion(line[cut:]), ctx), (i, line[:cut], line[cut:])
+
+
+@pytest.mark.parametrize("path", sorted(CONTEXT_DATA.iterdir()), ids=lambda p: p.name)
+def test_a_span_taken_out_of_a_line_and_offered_back_gives_the_line_back(path: Path) -> None:
+    # Cut after the indentation or a third of the way, up to half or two thirds: post-processing must
+    # keep the true middle as it is (its trailing space was lost: `not ` + `ok` read `notok`).
+    language = language_for(None, path.resolve().as_uri())
+    text = path.read_text().replace(CURSOR, "pass" if language == "python" else "")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        code = line.rstrip()
+        indent = len(code) - len(code.lstrip())
+        n = len(code) - indent
+        for a, b in ((indent, indent + n // 2), (indent + n // 3, indent + 2 * n // 3)):
+            if a >= b or line[b - 1 : b + 1].isspace():  # inside a run of spaces: either side may hold it
+                continue
+            doc = SyntaxDocument("\n".join([*lines[:i], line[:a] + line[b:], *lines[i + 1 :]]), language)
+            ctx = doc.context_at(i, a, ContextBudget(prefix_tokens=60, suffix_tokens=20))
+            raw = after_indentation(ctx.indent_at_cursor + line[a:b], ctx.indent_at_cursor)
+            found = finish(raw, ctx)
+            rest = line[b:]
+            got = (
+                None
+                if found is None
+                else line[:a] + found.text + rest[replaced_chars(ctx.suffix, found.replace) :]
+            )
+            assert got == line, (i, line[:a], line[a:b], rest)
 
 
 def test_a_suggestion_adds_errors_counting_what_it_replaces() -> None:
