@@ -463,22 +463,24 @@ def _strip_line_comment(line: str, marker: str, quotes: str) -> str:
     return line
 
 
-def _opens_block(line: str, language: str | None) -> bool:
-    """Does this line end in something that opens a block (`:`, `{`, `(`, `[`, `=>`, Lua's `then`, ...)?"""
-    if language is not None:
-        quotes = '"' if language == "rust" else "'\"`"  # Rust's 'a lifetimes are not quotes
-        line = _strip_line_comment(line, _LINE_COMMENT.get(language, "//"), quotes)
-        if language not in _LINE_COMMENT:
-            line = _TRAILING_BLOCK_COMMENT.sub("", line)
+def _block_opener_end(line: str, language: str) -> int | None:
+    """Column where this line's block opener (`:`, `{`, `(`, `[`, `=>`, Lua's `then`, ...) ends, else None."""
+    quotes = '"' if language == "rust" else "'\"`"  # Rust's 'a lifetimes are not quotes
+    line = _strip_line_comment(line, _LINE_COMMENT.get(language, "//"), quotes)
+    if language not in _LINE_COMMENT:
+        line = _TRAILING_BLOCK_COMMENT.sub("", line)
     text = line.rstrip()
     if not text:
-        return False
-    if text[-1] in "{([:" or text.endswith("=>"):
-        return True
-    words = _WORD_OPENERS.get(language or "", ())
-    if any(text == w or text.endswith((" " + w, "\t" + w, ")" + w)) for w in words):
-        return True
-    return language == "lua" and _LUA_FUNCTION_HEAD.search(text) is not None
+        return None
+    words = _WORD_OPENERS.get(language, ())
+    if (
+        text[-1] in "{([:"
+        or text.endswith("=>")
+        or any(text == w or text.endswith((" " + w, "\t" + w, ")" + w)) for w in words)
+        or (language == "lua" and _LUA_FUNCTION_HEAD.search(text) is not None)
+    ):
+        return len(text)
+    return None
 
 
 # --- the document ------------------------------------------------------------------------------------
@@ -730,8 +732,8 @@ class SyntaxDocument:
     def _block_indent(self, cur: int, offset: int, line_prefix: str) -> int | None:
         """block_indent for a blank cursor line: see FimContext. Text rules, tightened by the tree."""
         prev = next((i for i in range(cur - 1, -1, -1) if self._line_text(i).strip()), None)
-        if prev is not None and _opens_block(self._line_text(prev), self.language):
-            return indent_width(self._line_text(prev))
+        if prev is not None and (opener := self._opener_indent(prev)) is not None:
+            return opener
         nxt = next((i for i in range(cur + 1, len(self._line_starts())) if self._line_text(i).strip()), None)
 
         # Text rule: the body's indentation is the cursor's when the editor indented the blank line,
@@ -755,6 +757,44 @@ class SyntaxDocument:
         by_tree = self._tree_block_indent(offset)
         found = [x for x in (by_text, by_tree) if x is not None]
         return max(found) if found else None  # the deeper (inner) of the two blocks
+
+    def _opener_indent(self, line: int) -> int | None:
+        """Indentation of the statement that `line` ends by opening a block, None when it opens none.
+
+        Only with a tree: in plain text, strings and comments a trailing `:` or `{` opens nothing.
+        """
+        tree = self.tree
+        if tree is None or self.language is None:
+            return None
+        end = _block_opener_end(self._line_text(line), self.language)
+        if end is None:
+            return None
+        opener = self._byte_offset(self._line_starts()[line] + end) - 1
+        node: tree_sitter.Node | None = tree.root_node.descendant_for_byte_range(opener, opener + 1)
+        while node is not None:
+            if "string" in node.type or "comment" in node.type:
+                return None
+            node = node.parent
+        # A header continued over several lines (`def f(a,\n      b):`) starts where its brackets open.
+        while (above := self._bracket_opened_above(tree.root_node, line, opener)) is not None:
+            line = above
+        return indent_width(self._line_text(line))
+
+    def _bracket_opened_above(self, root: tree_sitter.Node, line: int, opener: int) -> int | None:
+        """The line of a bracket that opens above `line`'s first character and closes before byte `opener`."""
+        content = self._line_text(line)
+        line_start = self._line_starts()[line]
+        first = self._byte_offset(line_start + len(content) - len(content.lstrip()))
+        line_byte = self._byte_offset(line_start)
+        source = self._source()
+        node: tree_sitter.Node | None = root.descendant_for_byte_range(first, first + 1)
+        while node is not None and node.end_byte <= opener:
+            bracket = source[node.start_byte : node.start_byte + 1] in (b"(", b"[", b"{")
+            if bracket and node.start_byte < line_byte:
+                chars_between = len(source[node.start_byte : line_byte].decode("utf-8", "surrogatepass"))
+                return bisect_right(self._line_starts(), line_start - chars_between) - 1
+            node = node.parent
+        return None
 
     def _tree_block_indent(self, offset: int) -> int | None:
         """Indentation of the line opening the innermost multi-line node that spans the cursor line."""

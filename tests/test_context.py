@@ -196,7 +196,34 @@ SCOPES = [
     ("lua", "for i = 1, 3 do\n  <|cursor|>\nend\n", "block", 0),
     ("lua", "local function f(a, b)\n  <|cursor|>\nend\n", "block", 0),
     ("lua", "if x then\n  y()\nelse\n  <|cursor|>\nend\n", "block", 0),
-    (None, "Shopping list:\n<|cursor|>\n", "block", 0),
+    # A header continued over several lines opens the block at the indentation of its first line.
+    (
+        "python",
+        'class W:\n    def __init__(self, width=70,\n                 indent=""):\n        <|cursor|>\n',
+        "block",
+        4,
+    ),
+    (
+        "python",
+        "def f(a, b):\n    if (a and\n            b):\n        <|cursor|>\n    return a\n",
+        "block",
+        4,
+    ),
+    ("python", "def f(\n    a,\n):\n    <|cursor|>\n", "block", 0),
+    ("javascript", "function f(a, b) {\n  if (a &&\n      b) {\n    <|cursor|>\n  }\n}\n", "block", 2),
+    # `.then(` starts inside no bracket that opened above it: its own line opens the block.
+    ("javascript", "fetch(url)\n  .then((r) => {\n    <|cursor|>\n  });\n", "block", 2),
+    (
+        "go",
+        "func (c *C) Do(ctx Context,\n\treq *Request) (*Response, error) {\n\t<|cursor|>\n}\n",
+        "block",
+        0,
+    ),
+    ("rust", "fn build(\n    rows: usize,\n) -> Matrix {\n    <|cursor|>\n}\n", "block", 0),
+    # A `:` or `{` ending a line inside a string or comment opens nothing.
+    ("python", 'def f(doc):\n    """Errors have these fields:\n    <|cursor|>\n    """\n', "block", 0),
+    ("javascript", "function f() {\n  /* Steps:\n  <|cursor|>\n   */\n  run();\n}\n", "block", 0),
+    (None, "Shopping list:\n<|cursor|>\n", "block", None),  # no tree: a `:` in prose opens no block
     (None, "Dear Ana,\n\n<|cursor|>\n\nBest, Bo\n", "block", None),
     (None, "Dear Ana,\n\nThanks for the <|cursor|>\n", "line", None),
     (None, "<|cursor|>", "block", None),  # empty document
@@ -212,6 +239,19 @@ def test_scope(language: str | None, source: str, scope: str, block_indent: int 
     assert ctx.max_middle_tokens == (
         budget.block_middle_tokens if scope == "block" else budget.line_middle_tokens
     )
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_continued_header_with_wide_characters(eol: str) -> None:
+    # The bracket's line is found from its byte offset: multi-byte characters and lone CRs must not shift it.
+    lines = [
+        "class A:",
+        "    def f(self, s='😀😀😀😀😀😀😀😀😀😀é',",
+        "            b=(1,",
+        "               2)):",
+    ]
+    source = eol.join([*lines, "        <|cursor|>", ""])
+    assert context_for(source, "python")[2].block_indent == 4
 
 
 def test_middle_budget_comes_from_the_budget() -> None:
