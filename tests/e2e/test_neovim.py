@@ -178,10 +178,23 @@ def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def start_nvim(home: Path, setup: dict) -> pynvim.Nvim:
+    """A headless Neovim whose config (in `home`) runs `require('dgemma').setup(setup)`."""
+    init = home / "init.lua"
+    init.write_text(
+        "vim.lsp.set_log_level('debug')\n"
+        f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
+        f"require('dgemma').setup(vim.json.decode({json.dumps(json.dumps(setup))}))\n"
+    )
+    with pytest.MonkeyPatch.context() as env:
+        for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+            env.setenv(xdg, str(home / xdg.lower()))
+        return pynvim.attach("child", argv=[nvim_binary(), "--embed", "--headless", "-u", str(init), "-n"])
+
+
 @pytest.fixture(scope="module")
 def editor(tiny_checkpoint: Path, source_file: Path, expected, tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("nvim_home")
-    init = home / "init.lua"
     setup = {
         "cmd": [sys.executable, "-m", "dgemma_lsp", "--stdio"],
         "init_options": {
@@ -192,15 +205,7 @@ def editor(tiny_checkpoint: Path, source_file: Path, expected, tmp_path_factory:
             **RANDOM_WEIGHTS,
         },
     }
-    init.write_text(
-        "vim.lsp.set_log_level('debug')\n"
-        f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
-        f"require('dgemma').setup(vim.json.decode({json.dumps(json.dumps(setup))}))\n"
-    )
-    with pytest.MonkeyPatch.context() as env:
-        for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
-            env.setenv(xdg, str(home / xdg.lower()))
-        nvim = pynvim.attach("child", argv=[nvim_binary(), "--embed", "--headless", "-u", str(init), "-n"])
+    nvim = start_nvim(home, setup)
     try:
         nvim.command(f"edit {source_file}")
         wait_for(
@@ -326,6 +331,98 @@ def test_checkhealth_reports_a_missing_server_and_model(editor: Editor) -> None:
     )
     assert "ERROR /nonexistent/dgemma-lsp is not executable" in report
     assert "ERROR model folder /nonexistent/model does not exist" in report
+
+
+def test_keys_fall_back_in_place_and_to_other_mappings(editor: Editor) -> None:
+    editor.insert_at(*LINE_HOLE)
+    editor.nvim.input("<Esc>")
+    wait_for(lambda: editor.nvim.api.get_mode()["mode"] == "n", "normal mode")
+    line = SOURCE.split("\n")[LINE_HOLE[0]]
+    # Nothing is shown while :normal runs (the shim asks after a pause): Tab is a Tab, before the "yz".
+    editor.nvim.command(r'exe "normal A\<Tab>yz\<Esc>"')
+    typed = editor.nvim.current.line
+    assert typed.startswith(line) and typed.endswith("yz") and typed[len(line) : -2].strip(" \t") == ""
+    assert typed != line + "yz"
+    # Another plugin's Tab (nvim-cmp, a snippet engine) still works when nothing is shown.
+    editor.nvim.exec_lua("vim.keymap.set('i', '<Tab>', function() return 'OTHER' end, { expr = true })")
+    try:
+        editor.nvim.command("silent edit!")
+        editor.nvim.command(r'exe "normal A\<Tab>\<Esc>"')
+        assert editor.nvim.current.line == line + "OTHER"
+    finally:
+        editor.nvim.exec_lua("vim.keymap.del('i', '<Tab>')")
+        editor.nvim.command("silent edit!")
+
+
+def test_init_options_go_out_as_json_objects(editor: Editor) -> None:
+    # vim.json turns an empty table into [], which the server rejects ("must be an object").
+    encoded = editor.nvim.exec_lua(
+        "local dgemma = require('dgemma')\n"
+        "local saved = dgemma.config.init_options\n"
+        "local out = {}\n"
+        "for _, options in ipairs({ {}, { enable = {}, seed = 1 } }) do\n"
+        "  dgemma.config.init_options = options\n"
+        "  out[#out + 1] = vim.json.encode(dgemma.server_config().init_options)\n"
+        "end\n"
+        "dgemma.config.init_options = saved\n"
+        "return out"
+    )
+    assert [json.loads(text) for text in encoded] == [{}, {"enable": {}, "seed": 1}]
+    assert encoded[0] == "{}"
+
+
+def test_completion_plugins_do_not_ask_for_the_same_middle(editor: Editor) -> None:
+    # With ghost text on, a completion item would run the model a second time on each pause.
+    assert editor.nvim.exec_lua(
+        "local client = vim.lsp.get_clients({ name = 'dgemma' })[1]\n"
+        "return client.server_capabilities.completionProvider == nil\n"
+        "  and not client:supports_method('textDocument/completion')\n"
+        "  and client:supports_method('textDocument/inlineCompletion')"
+    )
+
+
+def test_ghost_text_comes_back_after_a_server_restart(editor: Editor, expected) -> None:
+    """Last of the tests that need the server: the new one is client 2."""
+    nvim = editor.nvim
+    nvim.input("<Esc>")
+    wait_for(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    nvim.exec_lua(
+        "_G.dgemma_states = {}\n"
+        "vim.api.nvim_create_autocmd('User', { pattern = 'DgemmaStatus', callback = function()\n"
+        "  table.insert(_G.dgemma_states, require('dgemma').status.state)\n"
+        "end })"
+    )
+    nvim.command("messages clear")
+    old = nvim.exec_lua("return vim.lsp.get_clients({ name = 'dgemma' })[1].id")
+    nvim.exec_lua("vim.lsp.stop_client(vim.lsp.get_clients({ name = 'dgemma' }))")
+    wait_for(lambda: nvim.exec_lua("return #vim.lsp.get_clients({ name = 'dgemma' }) == 0"), "the stop")
+    # The exit handler runs in a fast event: the User autocmd still fires, without an E5560.
+    wait_for(lambda: "stopped" in nvim.exec_lua("return _G.dgemma_states"), "User DgemmaStatus: stopped")
+    assert "E5560" not in nvim.exec_lua("return vim.api.nvim_exec2('messages', { output = true }).output")
+
+    nvim.command("silent edit!")  # FileType starts the server again (what :LspRestart does)
+    new = wait_for(
+        lambda: nvim.exec_lua(
+            "local c = vim.lsp.get_clients({ name = 'dgemma', bufnr = 0 })[1]\n"
+            "return c and c.initialized and c.id"
+        ),
+        "a new client",
+    )
+    assert new != old
+    editor.insert_at(*LINE_HOLE)
+    assert wait_for(editor.ghost, "ghost text from the new server", timeout=120) == expected("line")
+    nvim.input("<Esc>")
+    wait_for(lambda: nvim.exec_lua("return require('dgemma').status.requests") == 0, "no request in flight")
+
+
+def test_a_missing_server_command_is_reported(tmp_path: Path) -> None:
+    nvim = start_nvim(tmp_path, {"cmd": ["/nonexistent/dgemma-lsp", "--stdio"]})
+    try:
+        messages = nvim.exec_lua("return vim.api.nvim_exec2('messages', { output = true }).output")
+        assert "dgemma: /nonexistent/dgemma-lsp is not executable" in messages
+        assert nvim.exec_lua("return require('dgemma').statusline()") == "dgemma: error"
+    finally:
+        nvim.close()
 
 
 @pytest.mark.parametrize(

@@ -77,18 +77,65 @@ export function languageEnabled(enable: Record<string, boolean> | undefined, lan
   return enable?.[languageId] ?? enable?.["*"] ?? true;
 }
 
+/** Whether the status bar says "disabled": for the active editor's language, or "*" without an editor. */
+export function statusEnabled(
+  enable: Record<string, boolean> | undefined,
+  activeLanguageId?: string,
+): boolean {
+  return languageEnabled(enable, activeLanguageId ?? "*");
+}
+
+/** `dgemma.enable` at each level, as `WorkspaceConfiguration.inspect` returns it. */
+export interface InspectedEnable {
+  globalValue?: Record<string, boolean>;
+  workspaceValue?: Record<string, boolean>;
+}
+
 /**
- * What to tell the user when the server process cannot be started. vscode-languageclient rejects with a
- * string ("Launching server using command X failed. Error: spawn X ENOENT"), Node's spawn with an Error.
+ * What Enable / Disable writes: `"*"` in the workspace's `dgemma.enable` when it has one (that one wins over
+ * the user's), else in the user's.
+ */
+export function enableUpdate(
+  inspected: InspectedEnable | undefined,
+  on: boolean,
+): { level: "global" | "workspace"; value: Record<string, boolean> } {
+  if (inspected?.workspaceValue !== undefined) {
+    return { level: "workspace", value: { ...inspected.workspaceValue, "*": on } };
+  }
+  return { level: "global", value: { ...inspected?.globalValue, "*": on } };
+}
+
+// vscode-jsonrpc's PendingResponseRejected: the server went away before it answered `initialize`.
+const CONNECTION_CLOSED = -32097;
+
+/**
+ * What to tell the user when the server process cannot be started; `error` is undefined for a server that
+ * exited while starting. vscode-languageclient rejects with a string ("Launching server using command X
+ * failed. Error: spawn X ENOENT"), Node's spawn with an Error.
  */
 export function startFailureMessage(error: unknown, server: ServerCommand): string {
   const reason = error instanceof Error ? error.message : String(error);
-  if ((error as { code?: unknown } | undefined)?.code === "ENOENT" || reason.includes("ENOENT")) {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (code === "ENOENT" || reason.includes("ENOENT")) {
     return (
       `DiffusionGemma: \`${server.command}\` was not found. Install dgemma-lsp into a Python environment ` +
       "and set `dgemma.server.pythonPath` to its interpreter, or set `dgemma.server.command`."
     );
   }
   const commandLine = [server.command, ...server.args].join(" ");
-  return `DiffusionGemma: the server (\`${commandLine}\`) did not start: ${reason}`;
+  const what =
+    error === undefined || code === CONNECTION_CLOSED ? "exited while starting" : `did not start: ${reason}`;
+  return (
+    `DiffusionGemma: the server (\`${commandLine}\`) ${what}. Check that \`dgemma.server.pythonPath\` ` +
+    "(or `dgemma.server.command`) runs dgemma-lsp; the log (Show Log) has its output."
+  );
+}
+
+/** What to tell the user when a server that was running crashed too often to be restarted again. */
+export function crashMessage(server: ServerCommand, crashes: number, minutes: number): string {
+  const commandLine = [server.command, ...server.args].join(" ");
+  return (
+    `DiffusionGemma: the server (\`${commandLine}\`) crashed ${crashes} times in ${minutes} minutes and was ` +
+    "not restarted. The log (Show Log) says why; Restart Server starts it again."
+  );
 }

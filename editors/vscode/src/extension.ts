@@ -1,13 +1,23 @@
 // The VS Code side of dgemma-lsp: starts the server, lets vscode-languageclient turn its
 // textDocument/inlineCompletion answers into ghost text, and keeps a status bar item up to date.
 import * as vscode from "vscode";
-import { LanguageClient, State as ClientState } from "vscode-languageclient/node";
-import { COMMANDS, languageEnabled, serverCommand, serverOptions, startFailureMessage } from "./config";
+import { CloseAction, ErrorAction, LanguageClient, State as ClientState } from "vscode-languageclient/node";
+import {
+  COMMANDS,
+  crashMessage,
+  enableUpdate,
+  languageEnabled,
+  serverCommand,
+  serverOptions,
+  startFailureMessage,
+  statusEnabled,
+} from "./config";
+import { ClientSlot, CrashPolicy } from "./lifecycle";
 import { ServerStatus, Status } from "./status";
 
 const SECTION = "dgemma";
 
-let client: LanguageClient | undefined;
+let clients: ClientSlot<LanguageClient> | undefined;
 
 export function activate(context: vscode.ExtensionContext): void {
   const log = vscode.window.createOutputChannel("DiffusionGemma", { log: true });
@@ -23,21 +33,56 @@ export function activate(context: vscode.ExtensionContext): void {
     item.show();
   };
   const settings = () => vscode.workspace.getConfiguration(SECTION);
-  const enabled = (languageId: string) =>
-    languageEnabled(settings().get<Record<string, boolean>>("enable"), languageId);
-  status.enabled = enabled("*");
+  const enableSetting = () => settings().get<Record<string, boolean>>("enable");
+  const enabled = (languageId: string) => languageEnabled(enableSetting(), languageId);
+  const updateEnabled = () => {
+    status.enabled = statusEnabled(enableSetting(), vscode.window.activeTextEditor?.document.languageId);
+    render();
+  };
 
-  const start = async () => {
-    const server = serverCommand(settings());
-    const next = new LanguageClient(
+  const reportFailure = async (message: string) => {
+    status.failed(message);
+    render();
+    const choice = await vscode.window.showErrorMessage(message, "Open Settings", "Show Log");
+    if (choice === "Open Settings") {
+      await vscode.commands.executeCommand("workbench.action.openSettings", SECTION);
+    } else if (choice === "Show Log") {
+      log.show();
+    }
+  };
+
+  let server = serverCommand(settings()); // the current client's: the slot creates one at a time
+  const createClient = () => {
+    const command = serverCommand(settings());
+    server = command;
+    const crashes = new CrashPolicy();
+    let reachedRunning = false; // since its last start: a server that crashes before then is not restarted
+    const next: LanguageClient = new LanguageClient(
       SECTION,
       "DiffusionGemma",
       // No `transport`: the command line is used as given (it carries --stdio itself).
-      { command: server.command, args: server.args },
+      { command: command.command, args: command.args },
       {
         documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
         initializationOptions: serverOptions(settings()),
         outputChannel: log,
+        // A failed start is reported once, by the extension, with the setting to fix.
+        initializationFailedHandler: () => false,
+        errorHandler: {
+          error: (_error, _message, count) => ({
+            action: count !== undefined && count <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown,
+          }),
+          closed: () => {
+            if (crashes.restart(reachedRunning)) {
+              return { action: CloseAction.Restart };
+            }
+            // One that crashed while starting ends as StartFailed, reported below.
+            if (reachedRunning && clients?.isCurrent(next)) {
+              void reportFailure(crashMessage(command, crashes.maxRestarts + 1, crashes.windowMs / 60_000));
+            }
+            return { action: CloseAction.DoNotRestart, handled: true };
+          },
+        },
         middleware: {
           provideInlineCompletionItems: async (document, position, context, token, ask) => {
             if (!enabled(document.languageId)) {
@@ -60,52 +105,40 @@ export function activate(context: vscode.ExtensionContext): void {
       },
     );
     next.onDidChangeState((event) => {
+      if (!clients?.isCurrent(next)) {
+        return; // a replaced client stopping
+      }
       if (event.newState === ClientState.Starting) {
+        reachedRunning = false;
         status.starting();
       } else if (event.newState === ClientState.Running) {
+        reachedRunning = true;
         status.running();
+      } else if (event.newState === ClientState.StartFailed) {
+        // Also after a restart that the error handler asked for, which nobody else reports.
+        status.failed(startFailureMessage(undefined, command));
       } else {
         status.stopped();
       }
       render();
     });
     next.onNotification("dgemma/status", (params: ServerStatus) => {
-      status.serverStatus(params);
-      render();
-    });
-    client = next;
-    try {
-      await next.start();
-    } catch (error) {
-      const message = startFailureMessage(error, server);
-      status.failed(message);
-      render();
-      const choice = await vscode.window.showErrorMessage(message, "Open Settings", "Show Log");
-      if (choice === "Open Settings") {
-        await vscode.commands.executeCommand("workbench.action.openSettings", SECTION);
-      } else if (choice === "Show Log") {
-        log.show();
+      if (clients?.isCurrent(next)) {
+        status.serverStatus(params);
+        render();
       }
-    }
+    });
+    return next;
   };
-
-  const stop = async () => {
-    const current = client;
-    client = undefined;
-    if (current) {
-      await current.dispose().catch(() => undefined); // a server that never started has nothing to stop
-    }
-  };
-
-  const restart = async () => {
-    await stop();
-    await start();
-  };
+  clients = new ClientSlot(createClient, (error) => void reportFailure(startFailureMessage(error, server)));
+  const restart = () => clients?.restart();
 
   // "*" covers every language without its own entry in dgemma.enable.
   const setEnabled = (on: boolean) => {
-    const enable = settings().inspect<Record<string, boolean>>("enable")?.globalValue ?? {};
-    return settings().update("enable", { ...enable, "*": on }, vscode.ConfigurationTarget.Global);
+    const { level, value } = enableUpdate(settings().inspect<Record<string, boolean>>("enable"), on);
+    const target =
+      level === "workspace" ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    return settings().update("enable", value, target);
   };
 
   context.subscriptions.push(
@@ -118,26 +151,28 @@ export function activate(context: vscode.ExtensionContext): void {
     ),
     vscode.commands.registerCommand(COMMANDS.showLog, () => log.show()),
     vscode.commands.registerCommand(COMMANDS.restartServer, restart),
+    vscode.window.onDidChangeActiveTextEditor(updateEnabled),
     vscode.workspace.onDidChangeConfiguration((event) => {
       if (event.affectsConfiguration(`${SECTION}.enable`)) {
-        status.enabled = enabled("*");
-        render();
+        updateEnabled();
       }
       if (event.affectsConfiguration(`${SECTION}.server`)) {
         void restart();
-      } else if (event.affectsConfiguration(SECTION) && client?.isRunning()) {
+      } else if (event.affectsConfiguration(SECTION)) {
         // The server applies new options as they come, and reloads the model itself when one it was
         // loaded with changes.
-        void client.sendNotification("workspace/didChangeConfiguration", {
-          settings: { [SECTION]: serverOptions(settings()) },
-        });
+        void clients?.send((client) =>
+          client.sendNotification("workspace/didChangeConfiguration", {
+            settings: { [SECTION]: serverOptions(settings()) },
+          }),
+        );
       }
     }),
   );
-  render();
-  void start();
+  updateEnabled();
+  void restart();
 }
 
-export function deactivate(): Thenable<void> | undefined {
-  return client?.stop();
+export function deactivate(): Promise<void> | undefined {
+  return clients?.stop();
 }

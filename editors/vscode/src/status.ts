@@ -47,11 +47,12 @@ export class Status {
     this.process = "running";
   }
 
-  /** A failure stays on show until the next start. */
+  /** A failure stays on show until the next start; what the server last said is gone with it. */
   stopped(): void {
     if (this.process !== "failed") {
       this.process = "stopped";
     }
+    this.server = undefined;
     this.inFlight = 0;
   }
 

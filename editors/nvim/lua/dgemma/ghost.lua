@@ -289,9 +289,12 @@ function M.shown(bufnr)
 end
 
 function M.attach(bufnr, client, opts)
-  if states[bufnr] then
+  local state = states[bufnr]
+  if state and state.client == client then
     return
   end
+  -- A restarted server's client can attach before the old one's LspDetach.
+  M.detach(bufnr)
   states[bufnr] = { client = client, opts = opts }
   local group = api.nvim_create_augroup('dgemma.ghost.' .. bufnr, { clear = true })
   api.nvim_create_autocmd({ 'InsertEnter', 'TextChangedI', 'TextChangedP', 'CursorMovedI' }, {
@@ -306,6 +309,16 @@ function M.attach(bufnr, client, opts)
     buffer = bufnr,
     callback = function()
       M.dismiss(bufnr)
+    end,
+  })
+  -- The server stopped or crashed: forget its client, so that the next one attaches afresh.
+  api.nvim_create_autocmd('LspDetach', {
+    group = group,
+    buffer = bufnr,
+    callback = function(args)
+      if args.data.client_id == client.id then
+        M.detach(bufnr)
+      end
     end,
   })
 end

@@ -34,8 +34,11 @@ M.status = { state = 'stopped', requests = 0 }
 
 local function set_status(fields)
   M.status = vim.tbl_extend('force', M.status, fields)
-  api.nvim_exec_autocmds('User', { pattern = 'DgemmaStatus', modeline = false })
-  vim.cmd.redrawstatus() -- for statuslines that show M.statusline()
+  -- Scheduled: on_exit runs in a fast event, where neither is allowed.
+  vim.schedule(function()
+    api.nvim_exec_autocmds('User', { pattern = 'DgemmaStatus', modeline = false })
+    vim.cmd.redrawstatus() -- for statuslines that show M.statusline()
+  end)
 end
 
 --- A short text for the statusline, e.g. `dgemma: ready 240 ms`.
@@ -52,19 +55,60 @@ function M.use_native()
   return inline == 'native' or (inline == 'auto' and vim.lsp.inline_completion ~= nil)
 end
 
-local function feed(key)
-  api.nvim_feedkeys(vim.keycode(key), 'n', false)
+--- What a key does when there is nothing to accept: the mapping it had before ours (nvim-cmp's, a snippet
+--- engine's), else the key itself. Keys go in with 'i', ahead of those still waiting (a macro, :normal).
+---@param previous table maparg()'s dict for the key; empty when it had no mapping
+local function fallback(lhs, previous)
+  if not previous.lhs then
+    api.nvim_feedkeys(vim.keycode(lhs), 'in', false)
+    return
+  end
+  if previous.callback and previous.expr == 0 then
+    previous.callback()
+    return
+  end
+  local keys
+  if previous.callback then
+    keys = previous.callback()
+    keys = previous.replace_keycodes == 1 and vim.keycode(keys) or keys
+  elseif previous.expr == 1 then
+    keys = vim.fn.eval((previous.rhs:gsub('<[Ss][Ii][Dd]>', ('<SNR>%d_'):format(previous.sid))))
+  else
+    keys = vim.keycode(previous.rhs)
+  end
+  api.nvim_feedkeys(keys, previous.noremap == 1 and 'in' or 'im', false)
+end
+
+--- The global insert-mode mapping of `lhs`, looked up when the key is pressed: a plugin may map it later.
+local function global_mapping(lhs)
+  local raw = vim.keycode(lhs)
+  for _, mapping in ipairs(api.nvim_get_keymap('i')) do
+    if mapping.lhsraw == raw then
+      return mapping
+    end
+  end
+  return {}
 end
 
 local function map(bufnr, name, fn)
   local lhs = M.config.keymaps[name]
-  if lhs then
-    vim.keymap.set('i', lhs, function()
-      if not fn() then
-        feed(lhs)
-      end
-    end, { buffer = bufnr, desc = 'dgemma: ' .. name:gsub('_', ' ') })
+  if not lhs then
+    return
   end
+  local desc = 'dgemma: ' .. name:gsub('_', ' ')
+  local previous = api.nvim_buf_call(bufnr, function()
+    return vim.fn.maparg(lhs, 'i', false, true)
+  end)
+  if previous.desc == desc then
+    return -- mapped when the buffer first attached (this is a restarted server)
+  end
+  -- Ours hides another buffer-local mapping of the key for good, so keep that one.
+  local replaced = previous.buffer == 1 and previous or nil
+  vim.keymap.set('i', lhs, function()
+    if not fn() then
+      fallback(lhs, replaced or global_mapping(lhs))
+    end
+  end, { buffer = bufnr, desc = desc })
 end
 
 local function native_accept(kind)
@@ -106,7 +150,8 @@ local function on_attach(client, bufnr)
   ghost.attach(bufnr, client, {
     debounce_ms = M.config.debounce_ms,
     on_busy = function(busy)
-      set_status({ requests = M.status.requests + (busy and 1 or -1) })
+      -- A server that exited has set it to 0 already; its requests end when the buffer detaches.
+      set_status({ requests = math.max(0, M.status.requests + (busy and 1 or -1)) })
     end,
     on_result = function(result)
       set_status({
@@ -135,9 +180,23 @@ local function on_attach(client, bufnr)
   end)
 end
 
+--- `t` with each empty table made an empty dict: vim.json encodes `{}` as an array, and the server
+--- wants objects (`enable`, the options themselves). None of its options is a list.
+local function json_objects(t)
+  if next(t) == nil then
+    return vim.empty_dict()
+  end
+  for key, value in pairs(t) do
+    if type(value) == 'table' then
+      t[key] = json_objects(value)
+    end
+  end
+  return t
+end
+
 --- The vim.lsp client config for the server.
 function M.server_config()
-  local init_options = vim.deepcopy(M.config.init_options)
+  local init_options = json_objects(vim.deepcopy(M.config.init_options))
   if init_options.modelPath then
     init_options.modelPath = vim.fs.normalize(init_options.modelPath)
   end
@@ -167,8 +226,13 @@ function M.server_config()
     before_init = function()
       set_status({ state = 'starting' })
     end,
-    on_init = function()
+    on_init = function(client)
       set_status({ state = 'ready' }) -- until the server says otherwise
+      if M.config.inline ~= false then
+        -- Its completion item holds the same middle as the ghost text: a completion plugin asking for it
+        -- would run the model a second time on each pause.
+        client.server_capabilities.completionProvider = nil
+      end
     end,
     on_attach = on_attach,
     on_exit = function(code)
@@ -182,6 +246,13 @@ end
 function M.setup(opts)
   M.config = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts or {})
   api.nvim_set_hl(0, 'DgemmaGhost', { link = 'Comment', default = true })
+  local cmd = M.config.cmd
+  if type(cmd) == 'table' and vim.fn.executable(cmd[1]) == 0 then
+    -- Neovim 0.11 skips a server it cannot start without a word.
+    local message = ('%s is not executable: set `cmd` in require("dgemma").setup()'):format(cmd[1])
+    vim.notify('dgemma: ' .. message, vim.log.levels.ERROR)
+    set_status({ state = 'error', message = message })
+  end
   if vim.lsp.config then -- 0.11+
     vim.lsp.config(NAME, M.server_config())
     vim.lsp.enable(NAME)

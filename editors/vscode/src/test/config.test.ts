@@ -2,7 +2,16 @@ import assert from "node:assert/strict";
 import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
-import { languageEnabled, serverCommand, serverOptions, Settings, startFailureMessage } from "../config";
+import {
+  crashMessage,
+  enableUpdate,
+  languageEnabled,
+  serverCommand,
+  serverOptions,
+  Settings,
+  startFailureMessage,
+  statusEnabled,
+} from "../config";
 
 function settings(values: Record<string, unknown>): Settings {
   return { get: <T>(key: string) => values[key] as T | undefined };
@@ -58,12 +67,53 @@ test("a missing executable gets an actionable message", () => {
   assert.match(message, /dgemma\.server\.pythonPath/);
 });
 
-test("other start failures name the command line and the reason", () => {
+test("other start failures name the command line, the reason and the settings to check", () => {
   const message = startFailureMessage(new Error("exited with code 1"), {
     command: "/x/python",
     args: ["-m", "y"],
   });
-  assert.equal(message, "DiffusionGemma: the server (`/x/python -m y`) did not start: exited with code 1");
+  assert.match(
+    message,
+    /^DiffusionGemma: the server \(`\/x\/python -m y`\) did not start: exited with code 1\./,
+  );
+  assert.match(message, /`dgemma\.server\.pythonPath` \(or `dgemma\.server\.command`\)/);
+});
+
+test("a server that exits while starting: the message names the settings, not the closed connection", () => {
+  const server = { command: "/usr/bin/python", args: ["-m", "dgemma_lsp", "--stdio"] };
+  // How vscode-languageclient rejects start() then: vscode-jsonrpc's PendingResponseRejected.
+  const closed = Object.assign(new Error("Pending response rejected since connection got disposed"), {
+    code: -32097,
+  });
+  for (const error of [closed, undefined]) {
+    const message = startFailureMessage(error, server);
+    assert.match(message, /`\/usr\/bin\/python -m dgemma_lsp --stdio`\) exited while starting/);
+    assert.match(message, /dgemma\.server\.pythonPath/);
+  }
+});
+
+test("a server that crashed too often says so", () => {
+  assert.match(crashMessage({ command: "dgemma-lsp", args: [] }, 5, 3), /crashed 5 times in 3 minutes/);
+});
+
+test("the status says disabled for the active editor's language, or for * without one", () => {
+  const enable = { "*": false, python: true };
+  assert.equal(statusEnabled(enable, "python"), true);
+  assert.equal(statusEnabled(enable, "markdown"), false);
+  assert.equal(statusEnabled(enable, undefined), false);
+  assert.equal(statusEnabled(undefined, undefined), true);
+});
+
+test("Enable / Disable write * where dgemma.enable takes effect: the workspace's when it has one", () => {
+  assert.deepEqual(enableUpdate(undefined, false), { level: "global", value: { "*": false } });
+  assert.deepEqual(enableUpdate({ globalValue: { markdown: false } }, false), {
+    level: "global",
+    value: { markdown: false, "*": false },
+  });
+  assert.deepEqual(enableUpdate({ globalValue: { "*": true }, workspaceValue: { "*": false } }, true), {
+    level: "workspace",
+    value: { "*": true },
+  });
 });
 
 test("per-language enable: the language's entry, else *, else on", () => {

@@ -38,6 +38,7 @@ test("vsce packages the extension", { timeout: 120_000 }, () => {
     "extension/package.json",
     "extension/out/extension.js",
     "extension/out/config.js",
+    "extension/out/lifecycle.js",
     "extension/out/status.js",
     "extension/node_modules/vscode-languageclient/package.json",
   ]) {

@@ -88,3 +88,11 @@ test("disabled hides the model state; a restart forgets the old server's status"
   status.running();
   assert.equal(status.state, "ready");
 });
+
+test("a stopped server's last status is gone: the tooltip does not say ready", () => {
+  const status = running();
+  status.serverStatus({ state: "ready", message: "Model loaded", model: "/m", device: "cpu" });
+  status.stopped();
+  assert.equal(status.state, "stopped");
+  assert.doesNotMatch(status.view().tooltip, /Model loaded|model: \/m/);
+});
