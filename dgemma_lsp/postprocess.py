@@ -24,7 +24,6 @@ _STUCK = re.compile(r"(.{1,12}?)\1{9,}", re.DOTALL)
 _LINE_REPEATS = 3  # this many identical lines in a row are a loop, not code
 _CASE_LABEL = re.compile(r"(case\b|default\s*:)")
 _QUOTES = "\"'`"
-_WORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 _STRING_PREFIXES = {"b", "r", "u", "f", "rb", "br", "fr", "rf", "t", "tr", "rt"}  # Python's
 
 
@@ -127,8 +126,8 @@ def _finish_line(text: str, ctx: FimContext) -> Suggestion | None:
 def _trim_end(text: str, tail: str) -> str:
     """`text` without trailing whitespace, unless code the user wrote follows the cursor: then the
     whitespace is the gap before it (`not ` before `ok:`, `) ` before `{`, `, ` before `"`)."""
-    keep = tail[:1].strip() and _AUTO_CLOSED_TAIL.fullmatch(tail) is None
-    return text if keep else text.rstrip()
+    user_code = bool(tail[:1].strip()) and _AUTO_CLOSED_TAIL.fullmatch(tail) is None
+    return text if user_code else text.rstrip()
 
 
 def _depth(text: str) -> int:
@@ -188,8 +187,7 @@ def _opens_quote(line: str, i: int, language: str | None) -> bool:
     """Whether the `'` at line[i] opens a string or character literal."""
     if language == "rust":  # else a lifetime (`<'a>`, `&'a str`): a char literal closes at once
         return i == len(line) - 1 or line.startswith("\\", i + 1) or line.startswith("'", i + 2)
-    before = line[:i]
-    word = before[len(before.rstrip(_WORD_CHARS)) :]
+    word = re.search(r"\w*$", line[:i]).group()  # type: ignore[union-attr]  # matches any text
     # `don't` is no quote; a string prefix (`b'`, `rb'`, `f'`) is, and so is `'` after a non-word.
     return not word or word.lower() in _STRING_PREFIXES
 
@@ -229,7 +227,7 @@ def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
             width, code = indent_width(line), line.strip()
             if limit is not None and width <= limit and not _still_inside(code, width == limit, kept):
                 break  # dedented past the block that holds the cursor: its scope has ended
-            if indent_width(line) == indent_width(below) and runs_into_suffix(lines[i:]):
+            if width == indent_width(below) and runs_into_suffix(lines[i:]):
                 break  # the code after the cursor starts here
         kept.append(line)
     return kept
