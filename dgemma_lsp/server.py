@@ -77,8 +77,7 @@ class DgemmaProtocol(LanguageServerProtocol):
                 return _HANDLED
             # pygls would drop the message and pop up "Invalid Params" in the editor, naming nothing; a
             # request's client would wait forever. JSON-RPC answers a request with InvalidParams.
-            where = "; ".join(transform_error(exc.__cause__, path="$")) if exc.__cause__ else ""
-            where = re.sub(r"_([a-z])", lambda m: m[1].upper(), where)  # LSP's names, not lsprotocol's
+            where = _invalid_fields(exc.__cause__)
             if "id" not in data:  # a notification: nothing to answer, the client's log says what was wrong
                 log.warning("%s notification ignored, invalid params: %s", data["method"], where)
                 return _HANDLED
@@ -169,7 +168,13 @@ class DgemmaProtocol(LanguageServerProtocol):
         # Without `arguments` (LSP lets them be left out) pygls called the command with none: a TypeError
         # answered as an internal error. As an empty list they are checked: a missing one is InvalidParams.
         params.arguments = params.arguments or []
-        return (yield from super().lsp_workspace__execute_command(params))
+        try:
+            return (yield from super().lsp_workspace__execute_command(params))
+        except JsonRpcInvalidParams as exc:  # "While structuring Range (1 sub-exception)": which field?
+            if exc.__context__ is None:
+                raise
+            where = _invalid_fields(exc.__context__)
+            raise JsonRpcInvalidParams(f"Invalid arguments for {params.command}: {where}") from None
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams) -> Any:
@@ -178,6 +183,12 @@ class DgemmaProtocol(LanguageServerProtocol):
         if params.capabilities.general is not None:
             params.capabilities.general.position_encodings = None
         return (yield from super().lsp_initialize(params))
+
+
+def _invalid_fields(error: BaseException | None) -> str:
+    """What cattrs found wrong, by field, in LSP's names (`$.textDocument.uri: ...`)."""
+    where = "; ".join(transform_error(error, path="$")) if error is not None else ""
+    return re.sub(r"_([a-z])", lambda m: m[1].upper(), where)  # lsprotocol's snake_case names
 
 
 def _answered_in_a_line(record: logging.LogRecord) -> bool:

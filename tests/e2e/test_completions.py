@@ -324,6 +324,13 @@ async def test_fill_rejects_bad_arguments_and_stays_up(session) -> None:
             await client.workspace_execute_command_async(
                 types.ExecuteCommandParams(command="dgemma.fillRange", arguments=arguments)
             )
+    bad_range = {"start": {"line": 1, "character": 4}, "end": {"line": 1}}
+    with pytest.raises(JsonRpcInvalidParams, match=r"\$\.end\.character"):  # names the field
+        await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(
+                command="dgemma.fillRange", arguments=["file:///work/demo/hole.py", bad_range]
+            )
+        )
     assert (await stats(client)).status.state != "error"  # still up and answering
 
 
