@@ -98,12 +98,8 @@ class SyntaxSnapshot:
 
     @cached_property
     def cursor(self) -> tuple[int, tuple[int, int]]:
-        """The cursor's byte offset and tree-sitter point (row, byte column; rows split on \\n only)."""
-        row_start = self.text.rfind("\n", 0, self.offset) + 1
-        return _utf8_len(self.text[: self.offset]), (
-            self.text.count("\n", 0, self.offset),
-            _utf8_len(self.text[row_start : self.offset]),
-        )
+        """The cursor's byte offset and tree-sitter point, found once however many suggestions are checked."""
+        return _tree_position(self.text, self.offset)
 
     def adds_errors(self, middle: str, replaced: int = 0) -> bool:
         """Whether `middle` put in at the cursor, over the `replaced` characters after it, leaves more
@@ -118,21 +114,11 @@ class SyntaxSnapshot:
             return False
         parser, lock = found
         end = self.offset + replaced
-        start_byte, start_point = self.cursor
-        removed = self.text[self.offset : end]
-        inserted = middle.encode("utf-8", "surrogatepass")
-        old_end_byte = start_byte + _utf8_len(removed)
-        new_end_byte = start_byte + len(inserted)
+        edit = _edit_at(self.cursor, self.text[self.offset : end], middle)
+        start_byte, old_end_byte, new_end_byte = (edit[f"{k}_byte"] for k in ("start", "old_end", "new_end"))
         edited = self.tree.copy()
-        edited.edit(
-            start_byte=start_byte,
-            old_end_byte=old_end_byte,
-            new_end_byte=new_end_byte,
-            start_point=start_point,
-            old_end_point=_point_after(start_point, removed),
-            new_end_point=_point_after(start_point, middle),
-        )
-        source = self.source
+        edited.edit(**edit)
+        source, inserted = self.source, middle.encode("utf-8", "surrogatepass")
 
         def read(byte: int, point: tuple[int, int]) -> bytes:
             # The edited document read from its three parts, never joined into one copy.
@@ -396,12 +382,25 @@ def _point_after(start: tuple[int, int], inserted: str) -> tuple[int, int]:
     return start[0] + newlines, _utf8_len(inserted[inserted.rfind("\n") + 1 :])
 
 
+def _is_string_or_comment(node: tree_sitter.Node) -> bool:
+    """A node whose text is no code (any grammar's string or comment node types)."""
+    return "string" in node.type or "comment" in node.type
+
+
+def _tree_position(text: str, index: int) -> tuple[int, tuple[int, int]]:
+    """Byte offset and tree-sitter point (row, byte column; rows split on \\n only) of str index `index`."""
+    row_start = text.rfind("\n", 0, index) + 1
+    return _utf8_len(text[:index]), (text.count("\n", 0, index), _utf8_len(text[row_start:index]))
+
+
 def _input_edit(old: str, start: int, end: int, new_text: str) -> dict[str, Any]:
     """Arguments for `Tree.edit` when old[start:end] (str indices) is replaced by new_text."""
-    start_byte = _utf8_len(old[:start])
-    line_start = old.rfind("\n", 0, start) + 1
-    start_point = (old.count("\n", 0, start), _utf8_len(old[line_start:start]))
-    removed = old[start:end]
+    return _edit_at(_tree_position(old, start), old[start:end], new_text)
+
+
+def _edit_at(at: tuple[int, tuple[int, int]], removed: str, new_text: str) -> dict[str, Any]:
+    """Arguments for `Tree.edit` when `removed` at byte offset and point `at` is replaced by new_text."""
+    start_byte, start_point = at
     return {
         "start_byte": start_byte,
         "old_end_byte": start_byte + _utf8_len(removed),
@@ -772,7 +771,7 @@ class SyntaxDocument:
         opener = self._byte_offset(self._line_starts()[line] + end) - 1
         node: tree_sitter.Node | None = tree.root_node.descendant_for_byte_range(opener, opener + 1)
         while node is not None:
-            if "string" in node.type or "comment" in node.type:
+            if _is_string_or_comment(node):
                 return None
             node = node.parent
         # A header continued over several lines (`def f(a,\n      b):`) starts where its brackets open.
@@ -808,7 +807,7 @@ class SyntaxDocument:
         node: tree_sitter.Node | None = root.descendant_for_byte_range(cursor_byte, cursor_byte)
         while node is not None and node.parent is not None:
             spans = node.start_point.row < row < node.end_point.row
-            if spans and not node.is_error and "string" not in node.type and "comment" not in node.type:
+            if spans and not node.is_error and not _is_string_or_comment(node):
                 opener = node
                 # A body without its own bracket (Python's `block`, Lua's body) opens on its parent's line.
                 parent = node.parent
