@@ -2,6 +2,7 @@
 // so that the unit tests run under plain Node.
 import * as os from "node:os";
 import * as path from "node:path";
+import { StartTimeout } from "./lifecycle";
 
 /** The command ids, as contributed in package.json. */
 export const COMMANDS = {
@@ -124,7 +125,11 @@ export function startFailureMessage(error: unknown, server: ServerCommand): stri
   }
   const commandLine = [server.command, ...server.args].join(" ");
   const what =
-    error === undefined || code === CONNECTION_CLOSED ? "exited while starting" : `did not start: ${reason}`;
+    error === undefined || code === CONNECTION_CLOSED
+      ? "exited while starting"
+      : error instanceof StartTimeout
+        ? `did not answer \`initialize\` within ${error.seconds} s and was stopped`
+        : `did not start: ${reason}`;
   return (
     `DiffusionGemma: the server (\`${commandLine}\`) ${what}. Check that \`dgemma.server.pythonPath\` ` +
     "(or `dgemma.server.command`) runs dgemma-lsp; the log (Show Log) has its output."

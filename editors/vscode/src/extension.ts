@@ -130,7 +130,11 @@ export function activate(context: vscode.ExtensionContext): void {
     });
     return next;
   };
-  clients = new ClientSlot(createClient, (error) => void reportFailure(startFailureMessage(error, server)));
+  clients = new ClientSlot(
+    createClient,
+    (error) => void reportFailure(startFailureMessage(error, server)),
+    (client) => client.serverProcess?.kill(),
+  );
   const restart = () => clients?.restart();
 
   // "*" covers every language without its own entry in dgemma.enable.

@@ -7,6 +7,13 @@ export interface Startable {
   dispose(): Promise<void>;
 }
 
+/** A server that never answered `initialize` (a command that is no language server, say `python`). */
+export class StartTimeout extends Error {
+  constructor(readonly seconds: number) {
+    super(`it did not answer within ${seconds} s`);
+  }
+}
+
 /**
  * Holds the one current client. Restarts and stops run one after another, and each waits for the start
  * before it to settle: a client disposed while it starts keeps its server running, and registers its
@@ -19,11 +26,15 @@ export class ClientSlot<C extends Startable> {
 
   /**
    * `create` builds a client (not started); `failed` hears of a start that failed. Nothing waits for it: a
-   * restart need not wait for the user to read a message.
+   * restart need not wait for the user to read a message. A start that has not settled after
+   * `startTimeoutMs` is ended with `abort` (which stops the server process): until it settles, no restart
+   * could run.
    */
   constructor(
     private readonly create: () => C,
     private readonly failed: (error: unknown) => void,
+    private readonly abort: (client: C) => void = () => undefined,
+    private readonly startTimeoutMs = 60_000,
   ) {}
 
   get client(): C | undefined {
@@ -63,9 +74,22 @@ export class ClientSlot<C extends Startable> {
   private async launch(): Promise<void> {
     const client = this.create();
     this.current = client;
-    try {
-      await client.start();
-    } catch (error) {
+    const starting = client.start().then(
+      () => undefined,
+      (error: unknown) => error ?? new Error("the start failed"),
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<StartTimeout>((resolve) => {
+      timer = setTimeout(() => resolve(new StartTimeout(this.startTimeoutMs / 1000)), this.startTimeoutMs);
+    });
+    const error = await Promise.race([starting, timeout]);
+    clearTimeout(timer);
+    if (error instanceof StartTimeout) {
+      this.abort(client);
+      // The client fails its start once the server is gone; its own report comes first, this one last.
+      await Promise.race([starting, delay(2_000)]);
+    }
+    if (error !== undefined) {
       this.failed(error);
     }
   }
@@ -75,6 +99,10 @@ export class ClientSlot<C extends Startable> {
     this.current = undefined; // its last state changes (stopping, stopped) are not news
     await client?.dispose().catch(() => undefined); // a client that never ran has nothing to stop
   }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /**

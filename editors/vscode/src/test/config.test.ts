@@ -12,6 +12,7 @@ import {
   startFailureMessage,
   statusEnabled,
 } from "../config";
+import { StartTimeout } from "../lifecycle";
 
 function settings(values: Record<string, unknown>): Settings {
   return { get: <T>(key: string) => values[key] as T | undefined };
@@ -90,6 +91,12 @@ test("a server that exits while starting: the message names the settings, not th
     assert.match(message, /`\/usr\/bin\/python -m dgemma_lsp --stdio`\) exited while starting/);
     assert.match(message, /dgemma\.server\.pythonPath/);
   }
+});
+
+test("a server that never answered initialize: the message says so and names the settings", () => {
+  const message = startFailureMessage(new StartTimeout(60), { command: "/usr/bin/python", args: [] });
+  assert.match(message, /`\/usr\/bin\/python`\) did not answer `initialize` within 60 s and was stopped/);
+  assert.match(message, /dgemma\.server\.pythonPath/);
 });
 
 test("a server that crashed too often says so", () => {

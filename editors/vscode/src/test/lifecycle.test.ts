@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { ClientSlot, CrashPolicy, Startable } from "../lifecycle";
+import { ClientSlot, CrashPolicy, Startable, StartTimeout } from "../lifecycle";
 
 /** A client whose start() settles when the test says so, and that logs what is done to it. */
 class FakeClient implements Startable {
@@ -96,6 +96,35 @@ test("a failed start is reported once, and stopping after it resolves", async ()
   created[0].dispose = () => Promise.reject(new Error("Client is not running and can't be stopped"));
   await clients.stop(); // what deactivate() returns
   assert.equal(clients.client, undefined);
+});
+
+test("a start that hangs is aborted after the timeout and reported, and a restart then runs", async () => {
+  const log: string[] = [];
+  const created: FakeClient[] = [];
+  const failures: unknown[] = [];
+  const clients = new ClientSlot(
+    () => {
+      const client = new FakeClient(created.length + 1, log);
+      created.push(client);
+      return client;
+    },
+    (error) => failures.push(error),
+    (client) => {
+      log.push(`abort ${client.id}`);
+      client.finishStart(new Error("connection closed")); // what killing the server process does
+    },
+    50,
+  );
+  await clients.restart(); // the server never answers initialize
+  assert.deepEqual(log, ["start 1", "abort 1"]);
+  assert.equal(failures.length, 1);
+  assert.ok(failures[0] instanceof StartTimeout);
+  const restarted = clients.restart();
+  await settled();
+  created[1].finishStart();
+  await restarted;
+  assert.deepEqual(log, ["start 1", "abort 1", "dispose 1", "start 2"]);
+  assert.equal(failures.length, 1);
 });
 
 test("settings reach a client that is still starting; none is sent once it stopped", async () => {
