@@ -148,7 +148,19 @@ class SyntaxSnapshot:
         first_byte = start_byte - _utf8_len(self.text[line_start : self.offset])
         last_byte = new_end_byte + _utf8_len(self.text[end:line_end])
         root = tree.root_node
-        return count_errors(root) > self.errors or has_error_within(root, first_byte, last_byte)
+        if count_errors(root) > self.errors or has_error_within(root, first_byte, last_byte):
+            return True
+        # Lines wholly the middle's: from the cursor line when only indentation precedes the cursor, else
+        # from the middle's second line. A block opener there must get its body (`if x:` + a line below).
+        newline = middle.find("\n")
+        written = (
+            first_byte
+            if not self.text[line_start : self.offset].strip()
+            else start_byte + _utf8_len(middle[: newline + 1])
+            if newline >= 0
+            else None
+        )
+        return written is not None and has_empty_block_within(root, written, last_byte)
 
 
 def count_errors(root: tree_sitter.Node) -> int:
@@ -178,6 +190,25 @@ def has_error_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> 
             return True
         if node.has_error:
             stack.extend(node.children)
+    return False
+
+
+def has_empty_block_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> bool:
+    """Whether a block with no statements starts in bytes `start_byte`..`end_byte`. Python's grammar
+    accepts `if x:` with no body, without an error node: an empty `block` at the end of the `if` line
+    (a body-less block is an IndentationError to Python)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "block" and node.start_byte == node.end_byte and start_byte <= node.start_byte:
+            return True
+        # A cursor, as Node.next_sibling skips zero-width nodes such as that block.
+        cursor = node.walk()
+        if cursor.goto_first_child_for_byte(start_byte) is None:
+            continue
+        stack.append(cursor.node)
+        while cursor.goto_next_sibling() and cursor.node.start_byte <= end_byte:
+            stack.append(cursor.node)
     return False
 
 

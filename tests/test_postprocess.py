@@ -539,6 +539,22 @@ def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
 
 
+def test_a_block_opener_the_middle_writes_without_a_body_adds_errors() -> None:
+    # tree-sitter-python takes `if x:` with no body for an empty block, no ERROR node; Python does not.
+    above = context("def f(x):\n<|cursor|>    return 1\n", "python")  # a new line above code
+    assert adds_syntax_errors(Suggestion("    if x:\n"), above)
+    assert not adds_syntax_errors(Suggestion("    if x:\n        x += 1\n"), above)
+    assert not adds_syntax_errors(Suggestion("    y = x\n"), above)
+    body = context("def f(x):\n    <|cursor|>\n\ndef g():\n    pass\n", "python")
+    assert adds_syntax_errors(Suggestion("y = 1\n    for i in x:"), body)
+    assert not adds_syntax_errors(Suggestion("y = 1\n    for i in x:\n        y += i"), body)
+    mid_line = context("def f(x):\n    y = <|cursor|>\n    return y\n", "python")
+    assert adds_syntax_errors(Suggestion("1\n    if y:"), mid_line)
+    # The user's own `if x` line: its body is theirs to write, on the next line.
+    typed = context("def f(x):\n    if x<|cursor|>\n    return 1\n", "python")
+    assert not adds_syntax_errors(Suggestion(":"), typed)
+
+
 @pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
 def test_the_lines_test_is_told_on_the_suggestions_lines_whatever_the_line_endings(eol: str) -> None:
     # tree-sitter's rows split on \n only: told in rows, a file of lone CRs was one line, and the error
