@@ -68,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
         "complete", parents=[common, checked], help="print the middle at a position in FILE"
     )
     complete.add_argument("file", type=Path)
-    complete.add_argument("--line", type=int, required=True, help="0-based line, as in LSP")
-    complete.add_argument("--character", type=int, required=True, help="0-based UTF-16 column, as in LSP")
+    complete.add_argument("--line", type=_non_negative, required=True, help="0-based line, as in LSP")
+    complete.add_argument(
+        "--character", type=_non_negative, required=True, help="0-based UTF-16 column, as in LSP"
+    )
     complete.add_argument("--language", help="LSP languageId (default: from the file extension)")
     complete.add_argument("--seed", type=int, help="sampler seed (default: random)")
     complete.add_argument("--max-denoising-steps", type=int, help="override the checkpoint's step budget")
@@ -211,6 +213,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if ls.protocol._shutdown else 1
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
 def _complete(args: argparse.Namespace) -> int:
     from dgemma_lsp.context import ContextBudget, SyntaxDocument, UnsupportedDocument, language_for
     from dgemma_lsp.engine import complete, load_model
@@ -243,7 +252,9 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"dgemma-lsp: {args.file}: {exc}", file=sys.stderr)
         return 2
     infiller = Infiller(loaded, canvas_mode=args.canvas_mode)
-    result = complete(infiller, ctx, seed=args.seed, syntax_check=args.syntax_check)
+    result = complete(
+        infiller, ctx, seed=args.seed, max_lines=Options().max_lines, syntax_check=args.syntax_check
+    )
     total_ms = (time.perf_counter() - start) * 1000
 
     if not args.json:

@@ -7,6 +7,7 @@ the problem so the server can tell the user (window/showMessage + log).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,8 +53,11 @@ class Options(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_field
             raise msgspec.ValidationError(f"`debounceMs` must be >= 0, got {self.debounce_ms}")
         if self.candidates > MAX_CANDIDATES:
             raise msgspec.ValidationError(f"`candidates` must be <= {MAX_CANDIDATES}, got {self.candidates}")
+        if not _DEVICE.fullmatch(self.device):
+            raise msgspec.ValidationError(f"`device` must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _POSITIVE = {
     "max_denoising_steps",
     "prefix_tokens",

@@ -71,7 +71,8 @@ def finish(
     if not text.strip() or _is_stuck(text):
         return None
     text = reindent(text, indentation or detect_indentation(ctx.prefix + ctx.suffix), ctx.line_prefix)
-    return Suggestion(text.replace("\n", eol))
+    # The blank line's whitespace after the cursor would trail the middle's last line: replace it.
+    return Suggestion(text.replace("\n", eol), replace=len(ctx.line_suffix))
 
 
 def _line_ending(text: str) -> str:

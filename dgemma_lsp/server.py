@@ -16,6 +16,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -229,6 +230,7 @@ class DgemmaServer(LanguageServer):
         self.started_with: dict[str, Any] = {}  # engine_settings() when the engine was started
         self.restarting = asyncio.Lock()
         self.documents: dict[str, SyntaxDocument] = {}
+        self.changes: Counter[str] = Counter()  # didChange notifications per document
         self.language_ids: dict[str, str] = {}  # uri -> LSP languageId, for per-language enable
         self.refused: set[str] = set()  # documents we told the user we can't complete, until we can
         self.untrained: set[str | None] = set()  # languageIds we told the user the model doesn't know
@@ -476,7 +478,12 @@ class DgemmaServer(LanguageServer):
             return hit.suggestions[:want]
         self.stats.count("cacheMisses")
 
+        changes = self.changes[uri]
         await asyncio.sleep(self.debouncer.delay(uri, invoked))
+        if self.changes[uri] != changes:
+            # Typed on meanwhile: the position is gone, and the editor asks again for the new text.
+            self.stats.count("outdated")
+            return []
         _, suggestions = await self.run_model(f"{method} {uri}", uri, ctx, want)
         self.cache.put(ctx.prefix, ctx.suffix, suggestions)
         self._after_shown(uri, doc, position, suggestions)
@@ -639,6 +646,7 @@ def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> N
         return
     for change in params.content_changes:
         doc.apply_change(change.text, getattr(change, "range", None))
+    ls.changes[uri] += 1
     ls.debouncer.typed(uri)
 
 
@@ -646,6 +654,7 @@ def did_close(ls: DgemmaServer, params: types.DidCloseTextDocumentParams) -> Non
     uri = params.text_document.uri
     ls.documents.pop(uri, None)
     ls.language_ids.pop(uri, None)
+    ls.changes.pop(uri, None)
     ls.speculated.pop(uri, None)
     ls.refused.discard(uri)
     ls.debouncer.forget(uri)
@@ -675,11 +684,11 @@ async def inline_completion(
 
 async def completion(ls: DgemmaServer, params: types.CompletionParams) -> types.CompletionList:
     """For clients without inline completion: one item per suggestion, each holding the whole middle."""
-    context = params.context
-    invoked = context is not None and context.trigger_kind == types.CompletionTriggerKind.Invoked
+    # Always as typed: clients that open the completion list while typing send Invoked on every keystroke
+    # (LSP's Invoked covers "typing an identifier"), and a list needs no candidates to cycle through.
     position = ls.position_in(params.text_document.uri, params.position)
     found = await ls.suggest(
-        params.text_document.uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_COMPLETION
+        params.text_document.uri, position, invoked=False, method=types.TEXT_DOCUMENT_COMPLETION
     )
     items = []
     for rank_, s in enumerate(found):

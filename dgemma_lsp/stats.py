@@ -45,6 +45,7 @@ class Stats:
             "served": c["served"],
             "empty": c["empty"],
             "cancelled": c["cancelled"],
+            "outdated": c["outdated"],  # the document changed while they waited out the debounce
             "failed": c["failed"],
             "completions": c["completions"],
             "brokeSyntax": c["brokeSyntax"],  # completions dropped as they added syntax errors

@@ -80,6 +80,13 @@ def test_complete_defaults_to_the_bundled_model(source: Path, capsys, monkeypatc
     assert "--model" in capsys.readouterr().err
 
 
+def test_complete_rejects_a_negative_position(source: Path, capsys) -> None:
+    # The server answers a negative line with InvalidParams; it used to be read as line 0.
+    with pytest.raises(SystemExit) as exit_:
+        main(["complete", str(source), "--line", "-3", "--character", "0"])
+    assert exit_.value.code == 2 and "--line: must be >= 0" in capsys.readouterr().err
+
+
 def test_complete_rejects_binary_files(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     blob = tmp_path / "blob.py"
     blob.write_bytes(b"\x00\x01\x02binary\n")

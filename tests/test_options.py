@@ -69,6 +69,8 @@ def test_completion_options() -> None:
         ({"enable": {"python": "yes"}}, "enable"),
         ({"infillingMode": "magic"}, "infillingMode"),
         ({"maxLines": 0}, "maxLines"),
+        ({"device": "gpu"}, "device"),
+        ({"device": "cuda:x"}, "device"),
     ],
 )
 def test_invalid_completion_options(raw: dict, mentions: str) -> None:

@@ -539,6 +539,13 @@ def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
 
 
+def test_a_block_middle_replaces_the_blank_lines_whitespace_after_the_cursor() -> None:
+    # Else it trails the middle's last line: `    return x    `.
+    ctx = context("def f(x):\n    <|cursor|>    \n", "python")
+    assert finish("return x", ctx) == Suggestion("return x", replace=4)
+    assert finish("return x", context("def f(x):\n    <|cursor|>\n", "python")) == Suggestion("return x")
+
+
 def test_a_block_opener_the_middle_writes_without_a_body_adds_errors() -> None:
     # tree-sitter-python takes `if x:` with no body for an empty block, no ERROR node; Python does not.
     above = context("def f(x):\n<|cursor|>    return 1\n", "python")  # a new line above code

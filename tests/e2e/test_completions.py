@@ -372,6 +372,44 @@ async def test_a_request_waiting_out_its_debounce_is_cancelled_when_its_document
     assert await stop(client) == 0
 
 
+async def test_a_request_whose_document_changes_during_its_debounce_does_not_run_the_model(
+    tiny_checkpoint: Path,
+) -> None:
+    """Its position names text that is gone (it answered a range on a deleted line). And completion
+    requests are debounced and get one item whatever their trigger kind: the clients that use them send
+    Invoked on every keystroke (it ran `candidates` models at once)."""
+    options = {"modelPath": str(tiny_checkpoint), "debounceMs": 400, "maxDenoisingSteps": 1, "candidates": 3}
+    client, _, _ = await start_recording(options | RANDOM_WEIGHTS)
+    uri = "file:///work/demo/stale.py"
+    open_doc(client, "import os\n\n\ndef f(x):\n    os.\n    return x\n", uri)
+    await client.text_document_inline_completion_async(params(uri, 5, 4))  # waits for the model to load
+    before = await stats(client)
+    pending = asyncio.ensure_future(client.text_document_inline_completion_async(params(uri, 4, 7)))
+    await asyncio.sleep(0.05)
+    span = types.Range(start=types.Position(line=4, character=0), end=types.Position(line=5, character=0))
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=span, text="")],
+        )
+    )
+    assert (await pending).items == ()
+    after = await stats(client)
+    assert after.outdated - before.outdated == 1 and after.completions == before.completions
+
+    invoked = types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked)
+    listed = await client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=3, character=9),
+            context=invoked,
+        )
+    )
+    # One model run (three as an invoked request)
+    assert len(listed.items) <= 1 and (await stats(client)).completions - after.completions == 1
+    assert await stop(client) == 0
+
+
 async def test_fill_gives_up_when_the_document_changes_meanwhile(session) -> None:
     client, _, edits = session
     uri = "file:///work/demo/moving.py"
