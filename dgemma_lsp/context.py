@@ -636,6 +636,18 @@ class SyntaxDocument:
         if starts is not None:
             self._starts = _patch_line_starts(starts, self.text, start, end, len(text))
 
+    def with_change(self, text: str, range: types.Range) -> tuple[SyntaxDocument, types.Position]:
+        """A copy with `text` put in over `range`, and the position after it; this document stays as it
+        is. The copy starts from this document's tree, so its first read reparses incrementally."""
+        copy = SyntaxDocument(self.text, self.language)
+        tree = self.tree
+        copy._parser, copy._parser_loaded = self._parser, True
+        copy._tree, copy._stale = (tree.copy() if tree is not None else None), tree is None
+        copy._starts = self._starts
+        start = self.offset_at(range.start.line, range.start.character)
+        copy.apply_change(text, range)
+        return copy, copy.position_at(start + len(text))
+
     # -- positions
 
     def offset_at(self, line: int, character: int) -> int:

@@ -430,14 +430,26 @@ class DgemmaServer(LanguageServer):
         return False
 
     async def suggest(
-        self, uri: str, position: types.Position, *, invoked: bool, method: str
+        self,
+        uri: str,
+        position: types.Position,
+        *,
+        invoked: bool,
+        method: str,
+        selected: types.SelectedCompletionInfo | None = None,
     ) -> list[Suggestion]:
-        """Post-processed suggestions at `position`, best first; [] when there is nothing to offer."""
+        """Post-processed suggestions at `position`, best first; [] when there is nothing to offer.
+
+        With `selected` (the completion widget's item), they follow its text put in over its range, the
+        cursor after it: what the user sees.
+        """
         received = time.perf_counter()
         self.stats.count("requests")
         doc = self.documents.get(uri)
         if doc is None or not self.completes(uri):
             return []
+        if selected is not None:
+            doc, position = doc.with_change(selected.text, selected.range)
         with self.latest((uri, method)):
             try:
                 suggestions = await self._suggest(uri, doc, position, invoked, method)
@@ -673,12 +685,35 @@ async def inline_completion(
     ls: DgemmaServer, params: types.InlineCompletionParams
 ) -> types.InlineCompletionList:
     invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-    position = ls.position_in(params.text_document.uri, params.position)
+    uri = params.text_document.uri
+    position = ls.position_in(uri, params.position)
+    selected = params.context.selected_completion_info
+    if selected is None:
+        found = await ls.suggest(uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_INLINE_COMPLETION)
+        return types.InlineCompletionList(
+            items=[types.InlineCompletionItem(insert_text=s.text, range=_range(position, s)) for s in found]
+        )
+    # The spec: items extend the selected item's text over its range (VS Code shows no other while its
+    # suggest widget is open). Only for an item on the cursor line, around the cursor.
+    start, end = ls.position_in(uri, selected.range.start), ls.position_in(uri, selected.range.end)
+    if (
+        not start.line == position.line == end.line
+        or not start.character <= position.character <= end.character
+    ):
+        return types.InlineCompletionList(items=[])
     found = await ls.suggest(
-        params.text_document.uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_INLINE_COMPLETION
+        uri, position, invoked=invoked, method=types.TEXT_DOCUMENT_INLINE_COMPLETION, selected=selected
     )
     return types.InlineCompletionList(
-        items=[types.InlineCompletionItem(insert_text=s.text, range=_range(position, s)) for s in found]
+        items=[
+            types.InlineCompletionItem(
+                insert_text=selected.text + s.text,
+                range=types.Range(
+                    start=start, end=types.Position(line=end.line, character=end.character + s.replace)
+                ),
+            )
+            for s in found
+        ]
     )
 
 

@@ -225,6 +225,34 @@ async def test_invoked_requests_get_distinct_candidates_automatic_ones_one(sessi
     assert len(automatic.items) == 1
 
 
+async def test_with_the_suggest_widget_open_items_extend_its_selected_item(session) -> None:
+    # LSP: "the inline completions must extend the text of the selected item and use the same range,
+    # otherwise they are not shown" (VS Code filters them out); they ignored it.
+    client, _, _ = session
+    uri = "file:///work/demo/selected.py"
+    open_doc(client, "import os\n\n\ndef home(user):\n    return os.pa\n", uri)
+    request = params(uri, 4, 16)
+    item_range = types.Range(
+        start=types.Position(line=4, character=14), end=types.Position(line=4, character=16)
+    )
+    request.context.selected_completion_info = types.SelectedCompletionInfo(range=item_range, text="path")
+    result = await client.text_document_inline_completion_async(request)
+    assert result.items, "pick a seed whose middle survives post-processing"
+    for item in result.items:
+        assert item.insert_text.startswith("path") and item.range.start == item_range.start
+        assert item.range.end.line == 4 and item.range.end.character >= 16
+    # What the server suggests once `path` is typed, after it.
+    typed = "file:///work/demo/typed.py"
+    open_doc(client, "import os\n\n\ndef home(user):\n    return os.path\n", typed)
+    after_typing = await client.text_document_inline_completion_async(params(typed, 4, 18))
+    assert [i.insert_text for i in result.items] == ["path" + i.insert_text for i in after_typing.items]
+    # An item on another line than the cursor's: none can extend it.
+    elsewhere = params(uri, 4, 16)
+    moved = types.Range(start=types.Position(line=3, character=0), end=types.Position(line=3, character=3))
+    elsewhere.context.selected_completion_info = types.SelectedCompletionInfo(range=moved, text="def")
+    assert (await client.text_document_inline_completion_async(elsewhere)).items == ()
+
+
 def leaves_paren_open(line: str) -> bool:
     """Test oracle for lines without quotes or other brackets: is an opened `(` still unclosed?"""
     depth = 0
