@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -100,8 +101,28 @@ def _set_limits(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+# Runs the program as HumanEval's harness does: `exit` and `quit` are gone and any exception, SystemExit
+# included, fails it. Only a program that ran to its end writes the run's random token last: a program
+# that ends the process early (`os._exit(0)`) exits with status 0 too, but without it.
+_DRIVER = """\
+import builtins, os, sys, traceback
+builtins.exit = builtins.quit = None
+try:
+    exec(compile({program!r}, "<program>", "exec"), {{"__name__": "__main__"}})
+except BaseException:
+    sys.stdout.flush()
+    traceback.print_exc()
+    sys.exit(1)
+sys.stdout.flush()
+sys.stderr.flush()
+os.write(1, {token!r})
+"""
+
+
 def run_python(program: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
-    """Run `program` to completion or until a limit stops it; `passed` means exit status 0."""
+    """Run `program` to completion or until a limit stops it; `passed` means it ran to its end without an
+    exception (exiting early, with any status, fails)."""
+    token = f"\n{secrets.token_hex(16)}\n".encode()
     mode = isolation()
     if mode == "limits-only":
         command = [os.path.join(sys.base_prefix, "bin", "python3"), "-I", "-"]
@@ -120,7 +141,7 @@ def run_python(program: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
             preexec_fn=lambda: _set_limits(limits),
         )
         try:
-            process.communicate(program.encode(), timeout=limits.wall_s)
+            process.communicate(_DRIVER.format(program=program, token=token).encode(), timeout=limits.wall_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
@@ -131,8 +152,11 @@ def run_python(program: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
                 pass
             process.wait()
         output.seek(0)
-        text = output.read(limits.output_bytes).decode("utf-8", "replace")
+        raw = output.read(limits.output_bytes + len(token))
     seconds = time.perf_counter() - start
+    finished = raw.endswith(token)
+    text = raw.removesuffix(token)[: limits.output_bytes].decode("utf-8", "replace")
     if timed_out:
         return Outcome("timeout", None, text, seconds)
-    return Outcome("passed" if process.returncode == 0 else "failed", process.returncode, text, seconds)
+    passed = process.returncode == 0 and finished
+    return Outcome("passed" if passed else "failed", process.returncode, text, seconds)

@@ -19,6 +19,21 @@ def test_a_good_program_passes_and_a_failing_assert_fails() -> None:
     assert bad.status == "failed" and "AssertionError" in bad.output
 
 
+@pytest.mark.parametrize(
+    "ending",
+    ["exit()", "quit()", "import sys; sys.exit(0)", "raise SystemExit", "import os; os._exit(0)"],
+)
+def test_a_program_that_exits_before_its_end_fails(ending: str) -> None:
+    # As in HumanEval's harness: a middle of `exit()` ahead of the tests passed (exit status 0).
+    outcome = run_python(f"print('start', flush=True)\n{ending}\nassert False\n")
+    assert outcome.status == "failed" and outcome.output.startswith("start\n"), outcome
+
+
+def test_the_end_of_run_token_is_not_in_the_output() -> None:
+    outcome = run_python("import sys\nsys.stdout.write('no newline')")
+    assert outcome.status == "passed" and outcome.output == "no newline"
+
+
 def test_infinite_loop_is_stopped() -> None:
     outcome = run_python("while True:\n    pass\n", QUICK)
     assert outcome.status in ("failed", "timeout")
