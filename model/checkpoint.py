@@ -128,9 +128,9 @@ def read_safetensors_header(file: Path) -> tuple[int, dict[str, Any]]:
         if name == "__metadata__":
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise ModelLoadError(f"{file} has a malformed entry for tensor {name!r}; re-download it.")
-        data_end = max(data_end, int(offsets[1]))
+        data_end = max(data_end, offsets[1])
     if 8 + header_len + data_end > size:
         raise ModelLoadError(
             f"{file} is truncated ({size} bytes, tensors need {8 + header_len + data_end}); "
@@ -265,10 +265,16 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+    for kind in ("missing_keys", "mismatched_keys", "unexpected_keys"):
         keys = sorted(str(k) for k in (info or {}).get(kind) or [])
-        if keys:
-            log.warning("%s: %d %s, e.g. %s", folder, len(keys), kind.replace("_", " "), ", ".join(keys[:5]))
+        if not keys:
+            continue
+        what = f"{len(keys)} {kind.replace('_', ' ')}, e.g. {', '.join(keys[:5])}"
+        if kind != "unexpected_keys":  # transformers fills those tensors with random values
+            raise ModelLoadError(
+                f"The weights in {folder} do not fit its config.json ({what}); re-download them."
+            )
+        log.warning("%s: %s", folder, what)
 
     model.eval()
     model.requires_grad_(False)

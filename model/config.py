@@ -114,11 +114,14 @@ class ModelArgs:
             raise ValueError("only gelu_pytorch_tanh MLPs and bias-free attention are supported")
         if not (text.num_experts and text.top_k_experts and text.moe_intermediate_size):
             raise ValueError("the text config has no mixture of experts (num_experts / top_k_experts)")
+        if not (getattr(config, "tie_word_embeddings", True) and getattr(text, "tie_word_embeddings", True)):
+            raise ValueError("untied word embeddings (a separate lm_head) are not supported")
         rope = text.rope_parameters
         sliding_rope, full_rope = rope.get(SLIDING) or {}, rope.get(FULL) or {}
         if (
             sliding_rope.get("rope_type", "default") != "default"
             or full_rope.get("rope_type") != "proportional"
+            or float(full_rope.get("factor", 1.0)) != 1.0  # transformers divides the frequencies by it
         ):
             raise ValueError(f"unsupported RoPE parameters {rope}")
         full = text.per_layer_config[FULL]

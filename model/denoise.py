@@ -76,10 +76,11 @@ class SamplerSettings:
             ("confidence_threshold", float),
         ):
             if gen.get(name) is not None:
-                fields[name] = kind(gen[name])
+                fields[name] = _number(folder / GENERATION_CONFIG, name, gen[name], kind)
         sampler_config = gen.get("sampler_config")
         if isinstance(sampler_config, dict) and sampler_config.get("entropy_bound") is not None:
-            fields["entropy_bound"] = float(sampler_config["entropy_bound"])
+            bound = sampler_config["entropy_bound"]
+            fields["entropy_bound"] = _number(folder / GENERATION_CONFIG, "entropy_bound", bound, float)
 
         model_config = _read_json_object(folder / "config.json")
         if model_config.get("fim_order") is not None:  # in config.json: transformers refuses it in the other
@@ -93,14 +94,25 @@ class SamplerSettings:
             pad = (
                 pad if pad is not None else text_config.get("pad_token_id", model_config.get("pad_token_id"))
             )
+        where = folder / GENERATION_CONFIG
         if eos is not None:
-            fields["eos_token_ids"] = tuple(int(i) for i in ([eos] if isinstance(eos, int) else eos))
+            ids = eos if isinstance(eos, list) else [eos]
+            fields["eos_token_ids"] = tuple(_number(where, "eos_token_id", i, int) for i in ids)
         if pad is not None:
-            fields["pad_token_id"] = int(pad)
+            fields["pad_token_id"] = _number(where, "pad_token_id", pad, int)
         try:
             return cls(**fields)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{folder / GENERATION_CONFIG}: {exc}") from exc
+
+
+def _number(path: Path, name: str, value: Any, kind: type[int] | type[float]) -> Any:
+    """`value` as `kind`; ValueError naming the file and field for anything else (a list, 2.9 steps)."""
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not integral):
+        wanted = "an integer" if kind is int else "a number"
+        raise ValueError(f"{path}: `{name}` must be {wanted}, got {value!r}")
+    return kind(value)
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

@@ -123,6 +123,33 @@ def test_garbage_safetensors(copy_of: Path) -> None:
         load_checkpoint(copy_of)
 
 
+@pytest.mark.parametrize("offsets", [[0, None], [0, "8"]])
+def test_malformed_tensor_offsets(copy_of: Path, offsets: list) -> None:
+    # A raw TypeError/ValueError traceback before.
+    weights = copy_of / "model.safetensors"
+    data = weights.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["data_offsets"] = offsets
+    encoded = json.dumps(header).encode()
+    weights.write_bytes(len(encoded).to_bytes(8, "little") + encoded + data[8 + size :])
+    with pytest.raises(ModelLoadError, match="malformed entry"):
+        load_checkpoint(copy_of)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(copy_of: Path) -> None:
+    # transformers fills missing tensors with random values: the model loaded and wrote garbage.
+    from safetensors.torch import load_file, save_file
+
+    weights = copy_of / "model.safetensors"
+    tensors = load_file(weights)
+    renamed = {k.replace("layers.0.", "layers.99."): v for k, v in tensors.items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="do not fit its config.json.*missing keys"):
+        load_checkpoint(copy_of)
+
+
 def test_missing_shard(copy_of: Path) -> None:
     index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
     (copy_of / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -146,6 +173,24 @@ def test_corrupt_tokenizer(copy_of: Path) -> None:
 def test_bad_generation_config(copy_of: Path) -> None:
     (copy_of / "generation_config.json").write_text("[1, 2")
     with pytest.raises(ModelLoadError, match="generation_config.json"):
+        load_checkpoint(copy_of)
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"max_denoising_steps": [48]}, "max_denoising_steps"),
+        ({"max_denoising_steps": 2.9}, "max_denoising_steps"),
+        ({"pad_token_id": [0]}, "pad_token_id"),
+        ({"sampler_config": {"entropy_bound": [1]}}, "entropy_bound"),
+        ({"eos_token_id": ["1"]}, "eos_token_id"),
+    ],
+)
+def test_ill_typed_generation_config_values_are_named(copy_of: Path, values: dict, field: str) -> None:
+    # A TypeError traceback before (only ValueError was caught), and 2.9 steps silently became 2.
+    path = copy_of / "generation_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | values))
+    with pytest.raises(ModelLoadError, match=f"generation_config.json: `{field}` must be"):
         load_checkpoint(copy_of)
 
 

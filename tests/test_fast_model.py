@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -230,14 +231,36 @@ def test_missing_weights_are_named(tiny_checkpoint: Path, tmp_path: Path) -> Non
         load_fast(folder, device="cpu")
 
 
-def test_unsupported_config_is_reported(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "all"
+def _with_config(tiny_checkpoint: Path, folder: Path, change: Callable[[dict], None]) -> Path:
     shutil.copytree(tiny_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["text_config"]["use_bidirectional_attention"] = "all"
+    change(config)
     (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_unsupported_config_is_reported(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = _with_config(
+        tiny_checkpoint,
+        tmp_path / "all",
+        lambda c: c["text_config"].update(use_bidirectional_attention="all"),
+    )
     with pytest.raises(ModelLoadError, match="config.json.*bidirectional"):
         load_fast(folder, device="cpu")
+
+
+def test_config_values_this_model_would_ignore_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # It read neither: untied embeddings ran the encoder on the decoder's weights (0 % argmax agreement
+    # with transformers), and a RoPE `factor` moved every full layer's positions.
+    untied = _with_config(tiny_checkpoint, tmp_path / "untied", lambda c: c.update(tie_word_embeddings=False))
+    with pytest.raises(ModelLoadError, match="untied"):
+        load_fast(untied, device="cpu")
+
+    def scale(config: dict) -> None:
+        config["text_config"]["rope_parameters"]["full_attention"]["factor"] = 8.0
+
+    with pytest.raises(ModelLoadError, match="RoPE"):
+        load_fast(_with_config(tiny_checkpoint, tmp_path / "factor", scale), device="cpu")
 
 
 def test_a_folder_without_safetensors_is_refused_like_the_reference(tmp_path: Path) -> None:
