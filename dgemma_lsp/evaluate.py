@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dgemma_lsp.context import SyntaxDocument, language_for
+from dgemma_lsp.context import ContextBudget, FimContext, SyntaxDocument, language_for
 from dgemma_lsp.postprocess import after_indentation, replaced_chars
 from dgemma_lsp.sandbox import DEFAULT_LIMITS, Limits, isolation, run_python
 
@@ -35,6 +35,13 @@ class Task:
     @property
     def executable(self) -> bool:
         return self.test is not None and self.entry_point is not None
+
+    @property
+    def multi_line(self) -> bool:
+        """HumanEval-Infilling's multi-line and random-span tasks (named so in their task ids): the middle
+        is whatever the model writes up to its end, not the server's scope for the cursor (one line in
+        front of code, a block up to its dedent)."""
+        return self.task_id.startswith(("MultiLineInfilling/", "RandomSpanInfilling"))
 
     @property
     def length(self) -> str:
@@ -59,6 +66,10 @@ class Result:
     replaced: int = 0  # characters of the suffix the completion goes in over (auto-closed brackets)
 
 
+# SantaCoder-FIM's language codes -> LSP languageIds.
+_LANGUAGE_CODES = {"py": "python", "js": "javascript", "ts": "typescript"}
+
+
 def read_tasks(path: Path) -> list[Task]:
     opener = gzip.open if path.suffix == ".gz" else open
     tasks = []
@@ -74,7 +85,7 @@ def read_tasks(path: Path) -> list[Task]:
                         prompt=row["prompt"],
                         suffix=row["suffix"],
                         canonical_solution=row["canonical_solution"],
-                        language=row.get("language", "python"),
+                        language=_LANGUAGE_CODES.get(row.get("language"), row.get("language", "python")),
                         test=row.get("test"),
                         entry_point=row.get("entry_point"),
                     )
@@ -93,6 +104,19 @@ def after_enter(task: Task) -> Task | None:
     indent = middle[: len(middle) - len(middle.lstrip(" \t"))]
     moved = middle[len(indent) : -1]
     return replace(task, prompt=task.prompt + indent, canonical_solution=moved, suffix="\n" + task.suffix)
+
+
+def task_context(task: Task) -> FimContext:
+    """The context for the cursor between the task's prompt and suffix, as the server takes it; for
+    multi-line and random-span tasks a block with no indentation cut (-1: no line is that shallow)."""
+    doc = SyntaxDocument(task.prompt + task.suffix, language_for(task.language, None))
+    cursor = doc.position_at(len(task.prompt))
+    ctx = doc.context_at(cursor.line, cursor.character)
+    if task.multi_line:
+        ctx = replace(
+            ctx, scope="block", block_indent=-1, max_middle_tokens=ContextBudget().block_middle_tokens
+        )
+    return ctx
 
 
 def select(tasks: list[Task], limit: int | None = None, every: int = 1) -> list[Task]:
@@ -215,9 +239,7 @@ class Generator:
         from dgemma_lsp.engine import complete
 
         tokenizer = self.loaded.tokenizer
-        doc = SyntaxDocument(task.prompt + task.suffix, language_for(task.language, None))
-        cursor = doc.position_at(len(task.prompt))
-        ctx = doc.context_at(cursor.line, cursor.character)
+        ctx = task_context(task)
         indent = ctx.indent_at_cursor  # the model writes the cursor line's indentation too
         if oracle_length:
             true_length = len(tokenizer.encode(indent + task.canonical_solution, add_special_tokens=False))
@@ -240,8 +262,6 @@ def evaluate(
 ) -> Iterator[Result]:
     for task in tasks:
         if completions is not None:
-            if task.task_id not in completions:
-                continue
             completion, replaced = completions[task.task_id]
             yield score(task, completion, limits, replaced)
             continue

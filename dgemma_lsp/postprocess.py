@@ -67,10 +67,17 @@ def finish(
     if max_lines is not None:
         lines = lines[:max_lines]
     lines = _drop_repeated_lines(lines)
-    text = "\n".join(lines).rstrip()
+    ends_line = len(lines) > 1 and not lines[-1].strip()
+    text = "\n".join(lines)
+    if not ctx.line_suffix.strip() or ends_line:  # else its last line runs on into code: keep its spaces
+        text = text.rstrip()
     if not text.strip() or _is_stuck(text):
         return None
     text = reindent(text, indentation or detect_indentation(ctx.prefix + ctx.suffix), ctx.line_prefix)
+    if ctx.line_suffix.strip():
+        # Code after the cursor (a benchmark's multi-line middle, in front of its next line): whole lines
+        # go in above it, which keeps its indentation.
+        return Suggestion(text.replace("\n", eol) + (eol + ctx.line_prefix if ends_line else ""))
     # The blank line's whitespace after the cursor would trail the middle's last line: replace it.
     return Suggestion(text.replace("\n", eol), replace=len(ctx.line_suffix))
 

@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 
 from dgemma_lsp.cli import main
-from dgemma_lsp.evaluate import after_enter, edit_similarity, exact_match, fold_replaced, program, read_tasks
+from dgemma_lsp.evaluate import (
+    Task,
+    after_enter,
+    edit_similarity,
+    exact_match,
+    fold_replaced,
+    program,
+    read_tasks,
+    task_context,
+)
+from dgemma_lsp.postprocess import after_indentation, finish
 
 DATA = Path(__file__).parent / "data" / "eval"
 HUMANEVAL = DATA / "humaneval_infilling_demo.jsonl"
@@ -109,7 +119,10 @@ def test_generated_middles_go_through_the_server_path(tiny_checkpoint: Path, tmp
     again = completions_file(tmp_path / "again.jsonl", {
         r["task_id"]: r["completion"] for r in map(json.loads, out.read_text().splitlines())
     })  # fmt: skip
-    assert main(["eval", str(HUMANEVAL), str(FIM), "--from-completions", str(again), "--json"]) == 0
+    assert (
+        main(["eval", str(HUMANEVAL), str(FIM), "--limit", "3", "--from-completions", str(again), "--json"])
+        == 0
+    )
     rescored = json.loads(capsys.readouterr().out)
     assert (rescored["exact_match"], rescored["pass@1"]) == (summary["exact_match"], summary["pass@1"])
 
@@ -134,6 +147,32 @@ def test_bad_task_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
     bad.write_text('{"task_id": "x"}\n')
     assert main(["eval", str(bad), "--from-completions", str(bad)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_santacoder_language_codes_name_their_grammar(tmp_path: Path) -> None:
+    # bigcode/santacoder-fim-task writes "py" and "js": they were read as plain text (no tree-sitter).
+    rows = [
+        {"prompt": "x = ", "suffix": "\n", "canonical_solution": "1", "language": code}
+        for code in ("py", "js")
+    ]
+    path = tmp_path / "santacoder.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [task.language for task in read_tasks(path)] == ["python", "javascript"]
+
+
+def test_scoring_completions_refuses_a_file_missing_some_tasks(tmp_path: Path, capsys) -> None:
+    # pass@1 over the tasks that happen to have a completion: one right answer out of four scored 100 %.
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        json.dumps({"task_id": "Demo/0", "completion": "    if value > high:\n        return high\n"})
+    )
+    assert main(["eval", str(HUMANEVAL), "--from-completions", str(samples)]) == 2
+    assert "have no completion" in capsys.readouterr().err
+
+
+def test_a_model_that_does_not_load_is_a_message_not_a_traceback(tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(HUMANEVAL), "--model", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_an_item_over_auto_closed_brackets_is_scored_as_the_file_it_makes(tmp_path: Path, capsys) -> None:
@@ -162,3 +201,36 @@ def test_an_item_over_auto_closed_brackets_is_scored_as_the_file_it_makes(tmp_pa
     assert main(["eval", str(tasks), "--from-completions", str(plain), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["pass@1"], summary["parses"]) == (0.0, 0.0)
+
+
+FUNCTION = """def running_totals(numbers):
+    totals, total = [], 0
+    for n in numbers:
+        total += n
+        totals.append(total)
+    return totals
+"""
+
+
+def test_multi_line_and_random_span_middles_are_kept_whole() -> None:
+    # The server's scope cut them: one line in front of code, a block at its dedent (a perfect model
+    # scored 20 % on multi-line and 33 % on random-span tasks). Cut as HumanEval-Infilling names them.
+    lines = FUNCTION.splitlines(keepends=True)
+    cuts = {
+        "MultiLineInfilling/HumanEval/0/L3_L5": (sum(map(len, lines[:3])), sum(map(len, lines[:6]))),
+        "MultiLineInfilling/HumanEval/0/L1_L2": (sum(map(len, lines[:1])), sum(map(len, lines[:3]))),
+        "RandomSpanInfilling/HumanEval/0/0": (FUNCTION.index("als, total"), FUNCTION.index("append")),
+        "RandomSpanInfilling/HumanEval/0/1": (FUNCTION.index("n in"), FUNCTION.index("totals\n") + 1),
+    }
+    for task_id, (start, end) in cuts.items():
+        task = Task(task_id, FUNCTION[:start], FUNCTION[end:], FUNCTION[start:end])
+        ctx = task_context(task)
+        # What the model writes when it is right: from the line start when the cursor is after indentation.
+        raw = after_indentation(ctx.indent_at_cursor + task.canonical_solution, ctx.indent_at_cursor)
+        found = finish(raw, ctx)
+        assert found is not None, task_id
+        # The file it fills is the function (a middle at the end of the file loses its last newline).
+        assert (task.prompt + found.text + task.suffix).rstrip("\n") == FUNCTION.rstrip("\n"), task_id
+    # A single-line task keeps the server's scope: the rest of the line.
+    single = Task("SingleLineInfilling/HumanEval/0/L3", FUNCTION[:60], FUNCTION[60:], "")
+    assert not single.multi_line and task_context(single).scope == "line"
