@@ -209,7 +209,8 @@ class Replayer:
                 cursor = types.Position(line=key.line, character=key.start + utf16(key.text))
                 if key.invoke:
                     suggestion = await self.request(report, uri, cursor, "invoked")
-                    if suggestion and rng.random() < 0.5:  # accept, then put the file back (a jump follows)
+                    accept = rng.random() < 0.5  # drawn either way: the next file's script stays the same
+                    if suggestion and accept:  # accept, then put the file back (a jump follows)
                         report.accepted += 1
                         version += 1
                         self.change(
