@@ -7,16 +7,19 @@ text, a language whose grammar cannot be loaded, binary or oversized text all fa
 
 from __future__ import annotations
 
+import ast
+import gc
 import logging
 import re
 import threading
 import time
+import warnings
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import accumulate
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import tree_sitter
 import tree_sitter_language_pack
@@ -38,6 +41,14 @@ _MAX_PARSE_CHARS = 4_000_000  # like ContextBudget.max_document_chars: no tree f
 CHECK_BUDGET_S = 0.025
 _EOL = re.compile(r"\r\n|\r|\n")
 _READ_CHUNK = 1 << 16  # bytes handed to tree-sitter per read when it parses from a function
+# Python's own parser checks a Python suggestion on the top-level unit that holds the cursor when the unit
+# (before or after the suggestion) is at most this long: it parsed 0.1-0.5 ms per KB here (building the
+# AST), so a unit this size costs at most about CHECK_BUDGET_S; a bigger one keeps tree-sitter's verdict.
+PYTHON_UNIT_MAX_CHARS = 50_000
+_PYTHON_PARSE_LOCK = threading.Lock()  # warnings.catch_warnings swaps the process's filters
+# A top-level line that continues the compound statement above it (tree-sitter splits them around an error).
+_CONTINUATION = re.compile(rb"(?:else|elif|except|finally)\b")
+_INDENTED_BLOCK = re.compile(r"expected an indented block after .* on line (\d+)")
 _CLOSER_LINE = re.compile(r"^(?:[)\]}'\"`;,\s]+|end[)\]}\s;,]*)$")  # `}`, `});`, Lua's `end)` ...
 _TRAILING_BLOCK_COMMENT = re.compile(r"/\*(?:(?!\*/).)*\*/\s*$")  # `if (x) { /* why */`
 _LUA_FUNCTION_HEAD = re.compile(r"\bfunction\b[^()]*\([^()]*\)$")
@@ -160,7 +171,171 @@ class SyntaxSnapshot:
             if newline >= 0
             else None
         )
-        return written is not None and has_empty_block_within(root, written, last_byte)
+        if written is not None and has_empty_block_within(root, written, last_byte):
+            return True
+        return self.language == "python" and self._breaks_python(middle, end)
+
+    @cached_property
+    def _python_unit(self) -> tuple[int, int] | None:
+        """str offsets of the whole lines of the top-level statements that hold the cursor (None when over
+        PYTHON_UNIT_MAX_CHARS): the module's child that holds the cursor (a class for a cursor in a method,
+        a decorated definition as one), else the ones before and after it (a cursor on a blank line, or at
+        the start of a statement, may continue the one above). Statements that do not start a line of their
+        own, or start with `else`/`except`..., join the one above, as when an error splits a function."""
+        children = self.tree.root_node.children
+        cursor_byte = self.cursor[0]
+        inside = next((i for i, c in enumerate(children) if c.start_byte < cursor_byte <= c.end_byte), None)
+        if inside is not None:
+            first = last = inside
+        else:
+            after = next((i for i, c in enumerate(children) if c.start_byte >= cursor_byte), len(children))
+            first, last = max(after - 1, 0), min(after, len(children) - 1)
+
+        def joins_above(node: tree_sitter.Node) -> bool:
+            start = node.start_byte
+            return not (start == 0 or self.source[start - 1] in b"\r\n") or bool(
+                _CONTINUATION.match(self.source, start)
+            )
+
+        while first > 0 and joins_above(children[first]):
+            first -= 1
+        while last + 1 < len(children) and joins_above(children[last + 1]):
+            last += 1
+        start = end = self.offset
+        if children:
+            first_byte, last_byte = children[first].start_byte, children[last].end_byte
+            if last_byte - first_byte > 4 * PYTHON_UNIT_MAX_CHARS:
+                return None
+            start = min(start, self._str_index(first_byte))
+            end = max(end, self._str_index(last_byte))
+        while end > start and self.text[end - 1] in "\r\n":  # a trailing line break: not the next line
+            end -= 1
+        start, end = _line_start(self.text, start), _line_end(self.text, max(end, self.offset))
+        return None if end - start > PYTHON_UNIT_MAX_CHARS else (start, end)
+
+    @cached_property
+    def _python_parsed(self) -> dict[tuple[int, int], PythonError | bool]:
+        """The unit's own parse (`_parse_python`) per unit, made once however many suggestions are checked."""
+        return {}
+
+    def _str_index(self, byte: int) -> int:
+        """str index of a node boundary's byte offset (decoding only the bytes between it and the cursor)."""
+        cursor_byte = self.cursor[0]
+        if byte <= cursor_byte:
+            return self.offset - len(self.source[byte:cursor_byte].decode("utf-8", "surrogatepass"))
+        return self.offset + len(self.source[cursor_byte:byte].decode("utf-8", "surrogatepass"))
+
+    def _breaks_python(self, middle: str, end: int) -> bool:
+        """Whether Python's parser rejects the top-level unit that holds the cursor once `middle` replaces
+        text[offset:end] and it did not reject it before, or rejects it anew on the middle's lines.
+
+        tree-sitter-python takes things Python does not: an unexpected indent, a dedent out of a function
+        in front of its indented code, `b = self.` at the end of a line; and an unterminated string can
+        swallow an error elsewhere so that the count of error nodes does not grow. Parsed alone, the unit
+        is told apart from the rest of the file (an error there, syntax newer than this Python)."""
+        unit = self._python_unit
+        if unit is None:
+            return False
+        start, stop = unit[0], max(unit[1], _line_end(self.text, end))
+        if stop - start + len(middle) > PYTHON_UNIT_MAX_CHARS:
+            return False
+        before_text = self.text[start:stop]
+        before = self._python_parsed.get((start, stop))
+        if before is None:
+            before = self._python_parsed[start, stop] = _parse_python(before_text)
+        if before is True:  # cannot tell
+            return False
+        cursor, removed = self.offset - start, end - self.offset
+        after_text = before_text[:cursor] + middle + before_text[cursor + removed :]
+        after = _parse_python(after_text)
+        if not isinstance(after, PythonError):
+            return False
+        if before is False:  # parsed before, not after
+            return True
+        # Broken before as well: the middle's when Python's (first) error is new and on the middle's lines.
+        was = _shifted(_error_at(before, before_text), cursor, removed, len(middle))
+        if _error_at(after, after_text) == was and _error_message(after) == _error_message(before):
+            return False
+        cursor_line = _line_number(after_text, cursor)
+        end_line = _line_number(after_text, cursor + len(middle))
+        opener = _INDENTED_BLOCK.match(after.msg)
+        if opener:  # a block without its body: the middle's when it wrote the opener's line wholly
+            own_line = not after_text[_line_start(after_text, cursor) : cursor].strip()
+            last_line = _line_number(after_text, cursor + len(middle) - 1) if middle else cursor_line
+            return cursor_line + (not own_line) <= int(opener.group(1)) <= last_line
+        # The middle's lines, and the next line of code below them (an indent that does not fit, or
+        # `b = self.` told at the line it runs into).
+        lines = _EOL.split(after_text)  # not str.splitlines: Python ends lines at these only
+        code = (i + 1 for i in range(end_line, len(lines)) if lines[i].strip()[:1] not in ("", "#"))
+        below = next(code, end_line)
+        return after.lineno <= below and cursor_line <= max(after.end_lineno, after.lineno)
+
+
+class PythonError(NamedTuple):
+    """Where and why Python's parser rejected a text (a SyntaxError, IndentationError or TabError's fields:
+    kept rather than the exception, whose traceback would hold the checking frames and their trees)."""
+
+    msg: str
+    lineno: int
+    offset: int
+    end_lineno: int
+
+
+def _parse_python(source: str) -> PythonError | bool:
+    """False when Python's parser takes `source` (parse only: `return` outside a function is no error
+    here), its error when not, True when it cannot tell (null bytes, lone surrogates, nesting too deep)."""
+    try:
+        with _PYTHON_PARSE_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarning / DeprecationWarning for `'\d'`, `x is 1`
+            collecting = gc.isenabled()
+            gc.disable()  # the AST's objects (no cycles, freed at once) would set off collections of the heap
+            try:
+                compile(source, "<unit>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+            finally:
+                if collecting:
+                    gc.enable()
+    except SyntaxError as exc:
+        if not exc.lineno:  # 3.11.4+ tells null bytes as a SyntaxError without a line
+            return True
+        return PythonError(str(exc.msg or ""), exc.lineno, exc.offset or 1, exc.end_lineno or exc.lineno)
+    except Exception:  # ValueError (null bytes, surrogates), RecursionError, MemoryError
+        return True
+    return False
+
+
+def _error_message(error: PythonError) -> str:
+    """The message without its line numbers (`... (detected at line 12)`, `... on line 3`)."""
+    return re.sub(r"\d+", "", error.msg)
+
+
+def _error_at(error: PythonError, source: str) -> int:
+    """str index in `source` where Python puts `error` (its offset is 1-based, in characters)."""
+    starts = [0] + [m.end() for m in _EOL.finditer(source)]
+    line = min(max(error.lineno - 1, 0), len(starts) - 1)
+    return min(starts[line] + max(error.offset - 1, 0), _line_end(source, starts[line]))
+
+
+def _shifted(index: int, cursor: int, removed: int, inserted: int) -> int | None:
+    """Where str index `index` of the text before an edit at `cursor` is after it (None inside it)."""
+    if index < cursor:
+        return index
+    if index >= cursor + removed:
+        return index + inserted - removed
+    return None
+
+
+def _line_number(text: str, index: int) -> int:
+    """1-based line of str index `index` (\n, \r\n and a lone \r all end a line, as for Python)."""
+    return 1 + len(_EOL.findall(text, 0, max(index, 0)))
+
+
+def _line_start(text: str, index: int) -> int:
+    return max(text.rfind("\n", 0, index), text.rfind("\r", 0, index)) + 1
+
+
+def _line_end(text: str, index: int) -> int:
+    eol = _EOL.search(text, index)
+    return eol.start() if eol else len(text)
 
 
 def count_errors(root: tree_sitter.Node) -> int:
