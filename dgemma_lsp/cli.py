@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--from-completions", type=Path, metavar="FILE", help="score these instead of generating"
     )
-    evaluate.add_argument("--limit", type=int, help="score at most N tasks")
-    evaluate.add_argument("--every", type=int, default=1, metavar="K", help="take every K-th task")
+    evaluate.add_argument("--limit", type=_positive, help="score at most N tasks")
+    evaluate.add_argument("--every", type=_positive, default=1, metavar="K", help="take every K-th task")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--max-denoising-steps", type=int)
     evaluate.add_argument(
@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", parents=[common], help="time the reference and fast backends")
-    bench.add_argument("--prompt-tokens", type=int, default=512, help="random prompt length (default 512)")
+    bench.add_argument(
+        "--prompt-tokens", type=_positive, default=512, help="random prompt length (default 512)"
+    )
     bench.add_argument("--steps", type=int, help="denoising steps per canvas (default: the checkpoint's)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved runs per backend (median)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -217,6 +219,13 @@ def _non_negative(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
 
 

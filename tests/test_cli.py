@@ -87,6 +87,21 @@ def test_complete_rejects_a_negative_position(source: Path, capsys) -> None:
     assert exit_.value.code == 2 and "--line: must be >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "tasks.jsonl", "--every", "0"],
+        ["eval", "tasks.jsonl", "--limit", "-1"],
+        ["bench", "--prompt-tokens", "0"],
+    ],
+)
+def test_counts_below_one_are_usage_errors(argv: list[str], capsys) -> None:
+    # --every 0 raised ValueError from a slice, --limit -1 dropped the last task, 0 prompt tokens crashed.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
 def test_complete_rejects_binary_files(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     blob = tmp_path / "blob.py"
     blob.write_bytes(b"\x00\x01\x02binary\n")
