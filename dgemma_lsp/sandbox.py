@@ -4,8 +4,9 @@ Each program runs in its own `python3 -I` process reading the program from stdin
 address-space, file-size (which caps its output) and process-count limits, a wall-clock timeout, and —
 where the kernel lets us — its own network, mount and PID namespaces:
 
-* as root: no network, private tmpfs over /tmp, /var/tmp and /dev/shm, and the program runs as
-  `nobody`, so it can write nowhere but its scratch directory and the process limit is enforced;
+* as root: no network, private tmpfs over /tmp, /var/tmp, /dev/shm and /run/lock (the world-writable
+  directories), and the program runs as `nobody`, so it can write nowhere but its scratch directory and
+  the process limit is enforced;
 * otherwise, in an unprivileged user namespace: no network and private tmpfs (the process limit then
   counts all of the user's processes);
 * if neither is allowed: limits only. `isolation()` says which one applies.
@@ -32,7 +33,7 @@ NOBODY = 65534
 _SETUP = r"""
 set -e
 mount --make-rprivate /
-for d in /tmp /var/tmp /dev/shm; do [ -d "$d" ] && mount -t tmpfs -o size=64m,mode=1777 tmpfs "$d"; done
+for d in /tmp /var/tmp /dev/shm /run/lock; do [ -d "$d" ] && mount -t tmpfs -o size=64m,mode=1777 tmpfs "$d"; done
 mkdir /tmp/python /tmp/work
 mount --bind "$1" /tmp/python
 mount -o remount,bind,ro /tmp/python

@@ -68,13 +68,15 @@ def test_no_network() -> None:
 @pytest.mark.skipif(isolation() == "limits-only", reason="this kernel allows no namespaces here")
 def test_writes_outside_the_scratch_directory_never_land(tmp_path: Path) -> None:
     marker = f"/tmp/dgemma-sandbox-{uuid.uuid4().hex}"
+    lock = f"/run/lock/dgemma-sandbox-{uuid.uuid4().hex}"  # world-writable too: it survived the run
     target = tmp_path / "pwned"
     program = (
         f"open({marker!r}, 'w').write('x')\n"  # /tmp is a private tmpfs: allowed, but thrown away
+        f"import os\nif os.path.isdir('/run/lock'):\n    open({lock!r}, 'w').write('x')\n"
         f"try:\n    open({str(target)!r}, 'w').write('x')\n"
         "except OSError as e:\n    print('blocked', e.errno)\n"
     )
     outcome = run_python(program, QUICK)
-    assert not os.path.exists(marker)
+    assert not os.path.exists(marker) and not os.path.exists(lock)
     assert not target.exists()
     assert "blocked" in outcome.output or outcome.status == "failed"
