@@ -33,7 +33,9 @@ NOBODY = 65534
 _SETUP = r"""
 set -e
 mount --make-rprivate /
-for d in /tmp /var/tmp /dev/shm /run/lock; do [ -d "$d" ] && mount -t tmpfs -o size=64m,mode=1777 tmpfs "$d"; done
+for d in /tmp /var/tmp /dev/shm /run/lock; do
+  [ -d "$d" ] && mount -t tmpfs -o size=64m,mode=1777 tmpfs "$d"
+done
 mkdir /tmp/python /tmp/work
 mount --bind "$1" /tmp/python
 mount -o remount,bind,ro /tmp/python
