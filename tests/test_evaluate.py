@@ -138,6 +138,7 @@ def test_the_backend_asked_for_generates(tiny_checkpoint: Path, capsys) -> None:
 
 def test_exact_match_and_edit_similarity() -> None:
     assert exact_match("  a + b;\n", "a + b;")
+    assert not exact_match("if x:\ny = 1", "if x:\n    y = 1")  # inner indentation counts, as in bigcode's
     assert not exact_match("a - b;", "a + b;")
     assert edit_similarity("abc", "abc") == 1.0 and 0 < edit_similarity("abd", "abc") < 1
 
@@ -158,6 +159,19 @@ def test_santacoder_language_codes_name_their_grammar(tmp_path: Path) -> None:
     path = tmp_path / "santacoder.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert [task.language for task in read_tasks(path)] == ["python", "javascript"]
+
+
+def test_sample_files_may_be_gzipped_and_bad_lines_are_named(tmp_path: Path, capsys) -> None:
+    right = {t.task_id: t.canonical_solution for t in read_tasks(HUMANEVAL)}
+    samples = tmp_path / "samples.jsonl.gz"
+    with gzip.open(samples, "wt") as f:
+        f.write("".join(json.dumps({"task_id": k, "completion": v}) + "\n" for k, v in right.items()))
+    assert main(["eval", str(HUMANEVAL), "--from-completions", str(samples), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pass@1"] == 1.0
+    for bad in ('{"task_id": "Demo/0"}', "[1, 2]"):  # no completion; not an object
+        (tmp_path / "bad.jsonl").write_text(bad + "\n")
+        assert main(["eval", str(HUMANEVAL), "--from-completions", str(tmp_path / "bad.jsonl")]) == 2
+        assert "bad.jsonl:1: not a sample line" in capsys.readouterr().err
 
 
 def test_scoring_completions_refuses_a_file_missing_some_tasks(tmp_path: Path, capsys) -> None:

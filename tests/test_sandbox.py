@@ -29,6 +29,12 @@ def test_a_program_that_exits_before_its_end_fails(ending: str) -> None:
     assert outcome.status == "failed" and outcome.output.startswith("start\n"), outcome
 
 
+def test_the_program_runs_as_in_the_harness_not_as_main() -> None:
+    # HumanEval's harness exec()s it in a fresh namespace: `if __name__ == "__main__":` blocks do not run.
+    outcome = run_python("if __name__ == '__main__':\n    raise SystemExit(1)\nprint(__name__)\n")
+    assert outcome.status == "passed" and outcome.output == "builtins\n"
+
+
 def test_the_end_of_run_token_is_not_in_the_output() -> None:
     outcome = run_python("import sys\nsys.stdout.write('no newline')")
     assert outcome.status == "passed" and outcome.output == "no newline"
