@@ -506,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (256 if device.type == "cuda" else 32)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on a CPU
     work = args.work or args.out.with_name(args.out.name + ".work")
+    if args.resume and not (work / "checkpoint" / "state.json").is_file():
+        parser.error(f"--resume: {work / 'checkpoint'} holds no training checkpoint (see --work)")
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

@@ -181,6 +181,13 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert (further / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
 
 
+def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    # It built the corpus and the tokenizer first, then raised FileNotFoundError.
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "model"), "--size", "toy", "--resume"])
+    assert exit_.value.code == 2 and "holds no training checkpoint" in capsys.readouterr().err
+
+
 def test_a_resumed_time_boxed_run_finishes_its_schedule(tmp_path: Path) -> None:
     """--minutes counts the training before --resume, so a run whose time is spent takes no more steps
     (and one interrupted halfway continues its learning-rate schedule from halfway, not from the top)."""
