@@ -63,7 +63,7 @@ def finish(
             # it goes in as a new line above, and the existing line keeps its indentation.
             return Suggestion(found.text + eol + ctx.line_prefix)
         return found
-    lines = _cut_block(text.split("\n"), ctx)
+    lines = _cut_block(_dedent_past_cursor(text.split("\n"), ctx), ctx)
     if max_lines is not None:
         lines = lines[:max_lines]
     lines = _drop_repeated_lines(lines)
@@ -239,6 +239,22 @@ def _cut_block(lines: list[str], ctx: FimContext) -> list[str]:
                 break  # the code after the cursor starts here
         kept.append(line)
     return kept
+
+
+def _dedent_past_cursor(lines: list[str], ctx: FimContext) -> list[str]:
+    """A first line indented past a cursor that already sits in the block's body (the editor indented the
+    line) is the model doubling the indentation: it starts at the cursor, and later lines at least as
+    deep lose the same. At the opener's own level (no auto-indent) one level deeper is the body's."""
+    extra = lines[0][: len(lines[0]) - len(lines[0].lstrip(" \t"))]
+    # (block_indent -1, eval's "no cut", at column 0: not known to be in a body)
+    if not extra or ctx.block_indent is None or indent_width(ctx.line_prefix) <= max(ctx.block_indent, 0):
+        return lines
+    if ctx.line_suffix.strip():  # code after the cursor: the middle goes in above it, as written
+        return lines
+    deep = ctx.line_prefix + extra
+    return [lines[0][len(extra) :]] + [
+        ctx.line_prefix + line[len(deep) :] if line.startswith(deep) else line for line in lines[1:]
+    ]
 
 
 def _still_inside(code: str, at_limit: bool, kept: list[str]) -> bool:

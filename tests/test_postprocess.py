@@ -539,6 +539,15 @@ def test_a_suggestion_that_leaves_its_line_broken_adds_errors() -> None:
     assert not adds_syntax_errors(Suggestion(":"), opened)  # its body is the next line's to write
 
 
+def test_a_first_line_indented_past_a_cursor_already_in_the_body_starts_at_the_cursor() -> None:
+    # After Enter the editor indented the line; the model indented again (an IndentationError for Python).
+    body = context("def f(text):\n    for ch in text:\n        <|cursor|>\n    return 1\n", "python")
+    assert finish("    n += 1\n        m += 1", body) == Suggestion("n += 1\n        m += 1")
+    # At the opener's own level (no auto-indent) one level deeper is the body.
+    opener = context("def f(x):\n    if x:\n    <|cursor|>\n", "python")
+    assert finish("    y = 1", opener) == Suggestion("    y = 1")
+
+
 def test_a_block_middle_replaces_the_blank_lines_whitespace_after_the_cursor() -> None:
     # Else it trails the middle's last line: `    return x    `.
     ctx = context("def f(x):\n    <|cursor|>    \n", "python")
