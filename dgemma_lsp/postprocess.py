@@ -246,10 +246,8 @@ def _dedent_past_cursor(lines: list[str], ctx: FimContext) -> list[str]:
     line) is the model doubling the indentation: it starts at the cursor, and later lines at least as
     deep lose the same. At the opener's own level (no auto-indent) one level deeper is the body's."""
     extra = lines[0][: len(lines[0]) - len(lines[0].lstrip(" \t"))]
-    # (block_indent -1, eval's "no cut", at column 0: not known to be in a body)
-    if not extra or ctx.block_indent is None or indent_width(ctx.line_prefix) <= max(ctx.block_indent, 0):
-        return lines
-    if ctx.line_suffix.strip():  # code after the cursor: the middle goes in above it, as written
+    in_body = ctx.block_indent is not None and indent_width(ctx.line_prefix) > max(ctx.block_indent, 0)
+    if not extra or not in_body or ctx.line_suffix.strip():  # (code after the cursor: eval's multi-line)
         return lines
     deep = ctx.line_prefix + extra
     return [lines[0][len(extra) :]] + [
