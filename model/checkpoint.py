@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    DiffusionGemmaConfig,
+    DiffusionGemmaForBlockDiffusion,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from .denoise import SamplerSettings
@@ -90,6 +95,10 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"{config_path} has model_type {model_type!r}, expected {MODEL_TYPE!r}: "
             f"dgemma-lsp only runs DiffusionGemma checkpoints. {DOWNLOAD_HINT}"
         )
+    try:  # here, or the tokenizer's loader (which reads it too) is blamed for a bad field
+        DiffusionGemmaConfig.from_dict(config)
+    except Exception as exc:
+        raise ModelLoadError(f"{config_path} is not a valid DiffusionGemma config: {exc}") from exc
     return config
 
 

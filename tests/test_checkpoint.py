@@ -82,6 +82,16 @@ def test_wrong_model_type(copy_of: Path) -> None:
         load_checkpoint(copy_of)
 
 
+@pytest.mark.parametrize("field", ["hidden_size", "num_hidden_layers"])
+def test_an_ill_typed_config_field_names_config_json(copy_of: Path, field: str) -> None:
+    # It was reported as "Could not load the tokenizer" (the tokenizer's loader reads config.json too).
+    config = json.loads((copy_of / "config.json").read_text())
+    config["text_config"][field] = "x"
+    (copy_of / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=rf"config.json is not a valid DiffusionGemma config.*{field}"):
+        load_checkpoint(copy_of)
+
+
 def test_languages_from_config(copy_of: Path) -> None:
     """A model trained on some languages names them in config.json; the server completes no others."""
     assert read_languages(copy_of) is None
