@@ -97,7 +97,8 @@ def isolation() -> Literal["namespaces", "user-namespace", "limits-only"]:
 
 def _set_limits(limits: Limits) -> None:
     mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
+    # SIGXCPU at the soft limit (the driver ends with OUT_OF_CPU), SIGKILL a second later
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
@@ -107,9 +108,11 @@ def _set_limits(limits: Limits) -> None:
 # Runs the program as HumanEval's harness does: `exit` and `quit` are gone and any exception, SystemExit
 # included, fails it. Only a program that ran to its end writes the run's random token last: a program
 # that ends the process early (`os._exit(0)`) exits with status 0 too, but without it.
+_OUT_OF_CPU = 124  # the driver's exit status when its CPU time runs out: a timeout, not a failure
 _DRIVER = """\
-import builtins, os, sys, traceback
+import builtins, os, signal, sys, traceback
 builtins.exit = builtins.quit = None
+signal.signal(signal.SIGXCPU, lambda *_: os._exit({out_of_cpu}))
 try:
     exec(compile({program!r}, "<program>", "exec"), {{}})  # as the harness: `__name__` is not "__main__"
 except BaseException:
@@ -144,7 +147,8 @@ def run_python(program: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
             preexec_fn=lambda: _set_limits(limits),
         )
         try:
-            process.communicate(_DRIVER.format(program=program, token=token).encode(), timeout=limits.wall_s)
+            driver = _DRIVER.format(program=program, token=token, out_of_cpu=_OUT_OF_CPU)
+            process.communicate(driver.encode(), timeout=limits.wall_s)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
@@ -159,7 +163,7 @@ def run_python(program: str, limits: Limits = DEFAULT_LIMITS) -> Outcome:
     seconds = time.perf_counter() - start
     finished = raw.endswith(token)
     text = raw.removesuffix(token)[: limits.output_bytes].decode("utf-8", "replace")
-    if timed_out:
-        return Outcome("timeout", None, text, seconds)
+    if timed_out or (process.returncode == _OUT_OF_CPU and not finished):
+        return Outcome("timeout", process.returncode, text, seconds)
     passed = process.returncode == 0 and finished
     return Outcome("passed" if passed else "failed", process.returncode, text, seconds)

@@ -46,6 +46,12 @@ def test_infinite_loop_is_stopped() -> None:
     assert outcome.seconds < QUICK.wall_s + 3
 
 
+def test_running_out_of_cpu_time_is_a_timeout() -> None:
+    # It read as a failure ("unshare: sigprocmask unblock failed"), not as the timeout it is.
+    outcome = run_python("while True:\n    pass\n", Limits(wall_s=30, cpu_s=1))
+    assert outcome.status == "timeout" and outcome.seconds < 10, outcome
+
+
 def test_fork_bomb_is_contained() -> None:
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     outcome = run_python(bomb, QUICK)
