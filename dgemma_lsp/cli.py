@@ -8,6 +8,7 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -215,18 +216,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if ls.protocol._shutdown else 1
 
 
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least `minimum`."""
+
+    def number(value: str) -> int:
+        if int(value) < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return int(value)
+
     return number
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+_non_negative, _positive = _at_least(0), _at_least(1)
 
 
 def _complete(args: argparse.Namespace) -> int:

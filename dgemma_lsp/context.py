@@ -153,9 +153,7 @@ class SyntaxSnapshot:
                     log.warning("tree-sitter parse failed (%s): %s", self.language, exc)
                 return False
         # The bytes of the lines the middle ends up on (whatever their line endings).
-        line_start = max(self.text.rfind("\n", 0, self.offset), self.text.rfind("\r", 0, self.offset)) + 1
-        eol = _EOL.search(self.text, end)
-        line_end = eol.start() if eol else len(self.text)
+        line_start, line_end = _line_start(self.text, self.offset), _line_end(self.text, end)
         first_byte = start_byte - _utf8_len(self.text[line_start : self.offset])
         last_byte = new_end_byte + _utf8_len(self.text[end:line_end])
         root = tree.root_node
