@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,11 +74,13 @@ def complete(
     max_lines: int | None = None,
     key: str = "",
     syntax_check: bool = True,
+    context: Sequence[str] = (),
 ) -> Completion:
     """One middle for one cursor context: the path shared by the server and `dgemma-lsp complete`.
 
     `key` names the document, so the fast backend can reuse what it encoded for it last time. With
-    `syntax_check`, a suggestion that adds tree-sitter errors to the document is dropped.
+    `syntax_check`, a suggestion that adds tree-sitter errors to the document is dropped. `context`:
+    snippets of other open files for the prompt (`neighbours.OpenFiles`).
     """
     start = time.perf_counter()
     seed = random.randrange(2**31) if seed is None else seed
@@ -95,6 +97,7 @@ def complete(
         cancelled=cancelled,
         max_prompt_tokens=max_prompt_tokens,
         key=key,
+        context=context,
     )
     raw = after_indentation(fill.text, indent)
     found = finish(raw, ctx, indentation=indentation, max_lines=max_lines)

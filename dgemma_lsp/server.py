@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -34,6 +35,7 @@ from pygls.exceptions import (
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
+from pygls.uris import to_fs_path
 
 from dgemma_lsp import __version__
 from dgemma_lsp.cache import SuggestionCache
@@ -42,7 +44,15 @@ from dgemma_lsp.edits import FILL_COMMAND, fill_context, fill_span, find_holes
 from dgemma_lsp.engine import Cancelled, Completion, Engine, EngineState, complete
 from dgemma_lsp.log import attach_client_logging, detach_client_logging
 from dgemma_lsp.model.infill import Infiller
-from dgemma_lsp.options import MODEL_ENV, Options, parse_options, resolve_model_path
+from dgemma_lsp.neighbours import OpenDocument, OpenFiles
+from dgemma_lsp.options import (
+    MODEL_ENV,
+    OPEN_FILES_TOKENS,
+    SMALL_MODEL_POSITIONS,
+    Options,
+    parse_options,
+    resolve_model_path,
+)
 from dgemma_lsp.policy import Debouncer, candidate_seeds, language_enabled
 from dgemma_lsp.postprocess import Suggestion, rank
 from dgemma_lsp.stats import Stats
@@ -229,7 +239,8 @@ class DgemmaServer(LanguageServer):
         self.engine = Engine()
         self.started_with: dict[str, Any] = {}  # engine_settings() when the engine was started
         self.restarting = asyncio.Lock()
-        self.documents: dict[str, SyntaxDocument] = {}
+        self.documents: dict[str, SyntaxDocument] = {}  # the most recently opened or changed last
+        self.open_files = OpenFiles()  # snippets of the other documents for a prompt
         self.changes: Counter[str] = Counter()  # didChange notifications per document
         self.language_ids: dict[str, str] = {}  # uri -> LSP languageId, for per-language enable
         self.refused: set[str] = set()  # documents we told the user we can't complete, until we can
@@ -509,8 +520,10 @@ class DgemmaServer(LanguageServer):
         self.busy += 1
         self.publish_status()
         try:
+            snippets = self.snippets_for(uri, ctx)
+            self.stats.count("openFileSnippets", len(snippets))
             completions, suggestions = await self.engine.run(
-                job, self._model_work(uri, ctx, candidate_seeds(count, self.options.seed))
+                job, self._model_work(uri, ctx, snippets, candidate_seeds(count, self.options.seed))
             )
             self._record(completions)
         finally:
@@ -525,7 +538,36 @@ class DgemmaServer(LanguageServer):
         )
         return completions, suggestions
 
-    def _model_work(self, uri: str, ctx: FimContext, seeds: list[int]) -> Any:
+    def snippets_for(self, uri: str, ctx: FimContext) -> list[str]:
+        """Code from the other open documents like the lines above the cursor, for the prompt (made here,
+        on the event loop, where the documents change)."""
+        others = (
+            OpenDocument(other, self.display_name(other), doc.language, doc.text)
+            for other, doc in reversed(self.documents.items())
+            if other != uri
+        )
+        return self.open_files.snippets(ctx.prefix, ctx.language, others, self.open_files_tokens())
+
+    def open_files_tokens(self) -> int:
+        if self.options.open_files_tokens is not None:
+            return self.options.open_files_tokens
+        loaded = self.engine.loaded
+        if loaded is None:  # still loading: its size is not known yet
+            return 0
+        small = loaded.max_positions is not None and loaded.max_positions <= SMALL_MODEL_POSITIONS
+        return 0 if small else OPEN_FILES_TOKENS
+
+    def display_name(self, uri: str) -> str:
+        """How a prompt names a document: its path in the workspace, else its file name."""
+        path = to_fs_path(uri)
+        if path is None:
+            return uri.rsplit("/", 1)[-1]
+        root = self.workspace.root_path
+        if root and Path(path).is_relative_to(root):
+            return Path(path).relative_to(root).as_posix()
+        return Path(path).name
+
+    def _model_work(self, uri: str, ctx: FimContext, snippets: list[str], seeds: list[int]) -> Any:
         """What the engine's thread runs: one completion per seed, then the distinct ones ranked."""
         options, max_prompt_tokens = self.options, self.engine.max_prompt_tokens
 
@@ -540,6 +582,7 @@ class DgemmaServer(LanguageServer):
                     max_lines=options.max_lines,
                     key=uri,
                     syntax_check=options.syntax_check,
+                    context=snippets,
                 )
                 for seed in seeds
             ]
@@ -594,7 +637,9 @@ class DgemmaServer(LanguageServer):
         try:
             _, suggestions = await self.engine.run(
                 f"speculative {uri}",
-                self._model_work(uri, ctx, candidate_seeds(1, self.options.seed)),
+                self._model_work(
+                    uri, ctx, self.snippets_for(uri, ctx), candidate_seeds(1, self.options.seed)
+                ),
                 background=True,
             )
         except (Cancelled, RuntimeError):
@@ -647,6 +692,7 @@ async def did_change_configuration(ls: DgemmaServer, params: types.DidChangeConf
 
 def did_open(ls: DgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
     item = params.text_document
+    ls.documents.pop(item.uri, None)  # opened again: the most recent now
     ls.documents[item.uri] = SyntaxDocument(item.text, language_for(item.language_id, item.uri))
     ls.language_ids[item.uri] = item.language_id
 
@@ -658,6 +704,7 @@ def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> N
         return
     for change in params.content_changes:
         doc.apply_change(change.text, getattr(change, "range", None))
+    ls.documents[uri] = ls.documents.pop(uri)  # the most recently changed last
     ls.changes[uri] += 1
     ls.debouncer.typed(uri)
 
@@ -665,6 +712,7 @@ def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> N
 def did_close(ls: DgemmaServer, params: types.DidCloseTextDocumentParams) -> None:
     uri = params.text_document.uri
     ls.documents.pop(uri, None)
+    ls.open_files.forget(uri)
     ls.language_ids.pop(uri, None)
     ls.changes.pop(uri, None)
     ls.speculated.pop(uri, None)

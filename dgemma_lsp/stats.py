@@ -49,6 +49,7 @@ class Stats:
             "failed": c["failed"],
             "completions": c["completions"],
             "brokeSyntax": c["brokeSyntax"],  # completions dropped as they added syntax errors
+            "openFileSnippets": c["openFileSnippets"],  # snippets of other open documents given the model
             "cache": {
                 "hits": c["cacheHits"],
                 "typingThroughHits": c["typingThroughHits"],

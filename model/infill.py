@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,10 +104,12 @@ class Infiller:
         cancelled: Callable[[], bool] = lambda: False,
         max_prompt_tokens: int | None = None,
         key: str = "",
+        context: Sequence[str] = (),
     ) -> Fill:
         """Fill the gap between ``prefix`` and ``suffix``; raises denoise.Cancelled if ``cancelled()``.
 
         ``key`` names the document (its URI), so the fast backend reuses that document's encoded prefix.
+        ``context``: snippets of other files for the prompt, in the room the document's code leaves.
         """
         loaded = self.loaded
         parts = build_prompt_parts(
@@ -117,6 +119,7 @@ class Infiller:
             language=language,
             mode=self.prompt_mode,
             fim_order=loaded.settings.fim_order,
+            context=context,
         )
         if loaded.max_positions is not None:  # a small model: keep the prompt and one canvas in range
             fits = max(1, loaded.max_positions - loaded.canvas_length)

@@ -8,6 +8,7 @@ that happens to contain text like ``<bos>`` cannot inject control tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,8 +95,9 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, *, code: bool) -> lis
 @dataclass
 class PromptParts:
     """A prompt as segments, so it can be shortened without re-tokenizing: prefix loses tokens from the left,
-    suffix from the right; the other segments are fixed. ``suffix_first`` lays it out head, suffix, middle,
-    prefix, tail (SPM) instead of head, prefix, middle, suffix, tail."""
+    suffix from the right, ``context`` (snippets of other files, just before the prefix) whole snippets from
+    the front; the other segments are fixed. ``suffix_first`` lays it out head, suffix, middle, context,
+    prefix, tail (SPM) instead of head, context, prefix, middle, suffix, tail."""
 
     mode: Literal["fim", "chat", "plain"]
     head: list[int] = field(default_factory=list)
@@ -104,12 +106,14 @@ class PromptParts:
     suffix: list[int] = field(default_factory=list)
     tail: list[int] = field(default_factory=list)
     suffix_first: bool = False
+    context: list[list[int]] = field(default_factory=list)
 
     def ids(self) -> list[int]:
-        return self.joined(self.prefix, self.suffix)
+        return self.joined(self.prefix, self.suffix, self.context)
 
-    def joined(self, prefix: list[int], suffix: list[int]) -> list[int]:
-        """The fixed segments around this ``prefix`` and ``suffix``, in this prompt's order."""
+    def joined(self, prefix: list[int], suffix: list[int], context: Sequence[list[int]] = ()) -> list[int]:
+        """The fixed segments around this ``prefix``, ``suffix`` and ``context``, in this prompt's order."""
+        prefix = [token for snippet in context for token in snippet] + prefix
         first, second = (suffix, prefix) if self.suffix_first else (prefix, suffix)
         return [*self.head, *first, *self.middle, *second, *self.tail]
 
@@ -117,7 +121,8 @@ class PromptParts:
         """At most ``max_tokens`` ids. The suffix keeps the tokens nearest the cursor, up to a quarter of
         the room (more when the prefix is short); the prefix keeps its newest tokens in the rest. A suffix
         that could take the whole room would push out the code just before the cursor, which matters most.
-        As a last resort (the fixed segments alone are too long) keep only the last ``max_tokens`` ids."""
+        The context gets only what the document's code leaves: its last snippets that fit. As a last
+        resort (the fixed segments alone are too long) keep only the last ``max_tokens`` ids."""
         ids = self.ids()
         if max_tokens is None or len(ids) <= max_tokens:
             return ids
@@ -127,7 +132,14 @@ class PromptParts:
         keep_suffix = min(len(self.suffix), max(room // 4, room - len(self.prefix)))
         keep_prefix = min(len(self.prefix), room - keep_suffix)
         prefix = self.prefix[len(self.prefix) - keep_prefix :]
-        return self.joined(prefix, self.suffix[:keep_suffix])[-max_tokens:]
+        context: list[list[int]] = []
+        left = room - keep_suffix - keep_prefix
+        for snippet in reversed(self.context):
+            if len(snippet) > left:
+                break
+            context.insert(0, snippet)
+            left -= len(snippet)
+        return self.joined(prefix, self.suffix[:keep_suffix], context)[-max_tokens:]
 
 
 def _fence_tag(language: str | None) -> str:
@@ -164,8 +176,26 @@ def build_prompt_parts(
     language: str | None = None,
     mode: PromptMode = "auto",
     fim_order: FimOrder = "psm",
+    context: Sequence[str] = (),
 ) -> PromptParts:
-    """The prompt for filling between ``prefix`` and ``suffix``, as truncatable segments."""
+    """The prompt for filling between ``prefix`` and ``suffix``, as truncatable segments; ``context`` is
+    text put in front of the prefix (snippets of other files, commented out), snippet by snippet."""
+    parts = _prompt_parts(tokenizer, prefix, suffix, language=language, mode=mode, fim_order=fim_order)
+    # The chat form whose template rewrote the markers is one fixed block (no middle segment): no room.
+    if parts.middle or parts.mode == "plain":
+        parts.context = [_encode(tokenizer, snippet, code=True) for snippet in context if snippet]
+    return parts
+
+
+def _prompt_parts(
+    tokenizer: PreTrainedTokenizerBase,
+    prefix: str,
+    suffix: str,
+    *,
+    language: str | None,
+    mode: PromptMode,
+    fim_order: FimOrder,
+) -> PromptParts:
     resolved = resolve_mode(tokenizer, mode)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if resolved == "fim":

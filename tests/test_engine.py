@@ -60,6 +60,21 @@ def test_a_cursor_after_indentation_gets_the_middle_written_from_the_line_start(
         assert complete(infiller, at_indent, seed=seed).raw == after_indentation(fill.text, "    ")
 
 
+def test_snippets_of_other_files_reach_the_prompt_where_there_is_room(tiny_checkpoint: Path) -> None:
+    infiller = Infiller(load_model(str(tiny_checkpoint), max_denoising_steps=1))
+    snippet = "# Compare this snippet from shapes.py:\n# def area(w, h):\n#     return w * h\n"
+    size = len(infiller.loaded.tokenizer.encode(snippet, add_special_tokens=False))
+
+    def prompt_tokens(prefix: str, context: list[str]) -> int:
+        fill = infiller.fill(prefix, "\n", max_new_tokens=4, seed=0, context=context, max_prompt_tokens=200)
+        return fill.prompt_tokens
+
+    assert prompt_tokens(SOURCE, [snippet]) == prompt_tokens(SOURCE, []) + size
+    # A prefix that fills the room leaves none: the snippet goes, the code stays.
+    long = "".join(f"value_{i} = {i}\n" for i in range(100))
+    assert prompt_tokens(long, [snippet]) == prompt_tokens(long, []) == 200
+
+
 def test_the_bundled_model_does_not_indent_a_fresh_line_twice() -> None:
     # The cursor where an editor puts it after Enter in a function body. Shown a prompt that ended in the
     # indentation, this model typed it again in most suggestions (6 of these 8).

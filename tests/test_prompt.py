@@ -173,3 +173,38 @@ def test_cut_at_stop() -> None:
     # Cursor at a line start before existing code: whole inserted lines keep their newline.
     assert cut_at_stop("    x = 1\n```", markers, prefix="def f():\n", suffix="    y = 2\n") == "    x = 1\n"
     assert cut_at_stop("anything", [], prefix="", suffix="") == "anything"
+
+
+SNIPPETS = [
+    "# Compare this snippet from a.py:\n# def area(w, h):\n",
+    "# Compare this snippet from b.py:\n# x = 1\n",
+]
+
+
+@pytest.mark.parametrize("kind", ["psm", "spm", "chat", "plain"])
+def test_snippets_of_other_files_go_just_before_the_prefix(kind, fim_tok, chat_tok, plain_tok) -> None:
+    tok = {"chat": chat_tok, "plain": plain_tok}.get(kind, fim_tok)
+    order = "spm" if kind == "spm" else "psm"
+    ids = build_prompt_parts(tok, PREFIX, SUFFIX, language="python", fim_order=order, context=SNIPPETS).ids()
+    text = tok.decode(ids)
+    assert f"{SNIPPETS[0]}{SNIPPETS[1]}{PREFIX}" in text
+    if kind == "chat":  # inside the code block, after the instruction
+        assert f"```python\n{SNIPPETS[0]}" in text
+    without = build_prompt_parts(tok, PREFIX, SUFFIX, language="python", fim_order=order).ids()
+    assert len(ids) == len(without) + sum(len(enc(tok, s)) for s in SNIPPETS)
+
+
+@pytest.mark.parametrize("order", ["psm", "spm"])
+def test_snippets_get_only_the_room_the_documents_code_leaves(order, fim_tok) -> None:
+    parts = build_prompt_parts(fim_tok, PREFIX, SUFFIX, fim_order=order, context=SNIPPETS)
+    first, second = (enc(fim_tok, s) for s in SNIPPETS)
+    full = len(parts.ids())
+    assert parts.truncated(full) == parts.ids()
+    # One token short: the first (least similar) snippet goes whole, the code stays whole.
+    assert parts.truncated(full - 1) == parts.joined(parts.prefix, parts.suffix, [second])
+    assert parts.truncated(full - len(first)) == parts.joined(parts.prefix, parts.suffix, [second])
+    assert parts.truncated(full - len(first) - 1) == parts.joined(parts.prefix, parts.suffix)
+    # Shorter still: the code is cut as it is without snippets.
+    plain = build_prompt_parts(fim_tok, PREFIX, SUFFIX, fim_order=order)
+    code = full - len(first) - len(second)
+    assert parts.truncated(code - 5) == plain.truncated(code - 5) != plain.ids()

@@ -225,6 +225,21 @@ async def test_invoked_requests_get_distinct_candidates_automatic_ones_one(sessi
     assert len(automatic.items) == 1
 
 
+async def test_code_from_other_open_files_like_the_lines_above_goes_to_the_model(session) -> None:
+    client, _, _ = session
+    prices = "def apply_discount(price, discount_rate):\n    return round(price * (1 - discount_rate), 2)\n"
+    open_doc(client, prices, "file:///work/demo/prices.py")
+    open_doc(client, prices, "file:///work/demo/prices.js", language="javascript")  # another language
+    uri = "file:///work/demo/cart.py"
+    cart = "price = item.price\ndiscount_rate = customer.discount_rate\ntotal = \nitems = []\n"
+    open_doc(client, cart, uri)
+    before = await stats(client)
+    await client.text_document_inline_completion_async(params(uri, 2, 8))
+    assert (await stats(client)).openFileSnippets - before.openFileSnippets == 1  # prices.py's
+    await client.text_document_inline_completion_async(params(uri, 0, 0))  # no lines above: nothing to match
+    assert (await stats(client)).openFileSnippets - before.openFileSnippets == 1
+
+
 async def test_with_the_suggest_widget_open_items_extend_its_selected_item(session) -> None:
     # LSP: "the inline completions must extend the text of the selected item and use the same range,
     # otherwise they are not shown" (VS Code filters them out); they ignored it.

@@ -113,6 +113,12 @@ async def test_a_suggestion_never_repeats_the_code_below(client) -> None:
     texts = [item.insert_text for item in above.items]
     repeated = next((t for t in texts if t.strip() and t.isprintable()), None)
     assert repeated is not None and len(texts) > 1, f"pick a seed with printable middles: {texts}"
+    # Closed, so that the second prompt is the first one's code alone (an open file can lend snippets).
+    client.text_document_did_close(
+        types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri="file:///work/demo/above.py")
+        )
+    )
     open_doc(client, f"{head}\n    {repeated.strip()}\n", "file:///work/demo/below.py")
     below = await client.text_document_inline_completion_async(
         params("file:///work/demo/below.py", 1, 13, invoked=True)

@@ -351,10 +351,17 @@ async def test_without_a_configured_model_the_bundled_one_completes(monkeypatch)
     monkeypatch.delenv("DGEMMA_MODEL", raising=False)
     client, result = await start({"seed": SEED})
     assert result.capabilities.inline_completion_provider is not None
+    # Code like the lines above the cursor in another open file: this model completes worse with such
+    # snippets in its prompt, so it is shown none unless `openFilesTokens` asks.
+    other = (
+        "def greet_all(names, path):\n    for name in names:\n        greet(name)\n        log(name, path)\n"
+    )
+    open_doc(client, other, "file:///work/demo/greetings.py")
     open_doc(client)
     completion = await client.text_document_inline_completion_async(inline_params(HOLE))
     report = await client.protocol.send_request_async("dgemma/stats", None)
     assert report.status.state == "ready" and Path(report.status.model) == options.BUNDLED_MODEL
+    assert report.openFileSnippets == 0
     assert report.requests == 1 and report.served + report.empty == 1 and report.failed == 0
     # Three candidates (invoked); those that broke the code are not offered.
     assert report.completions == 3 and 0 < report.brokeSyntax < 3
