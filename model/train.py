@@ -28,6 +28,7 @@ import json
 import math
 import random
 import re
+import shutil
 import sys
 import sysconfig
 import time
@@ -46,16 +47,23 @@ from dgemma_lsp.model.infill import clamped_suffix_tokens
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
-# Licences that allow redistributing weights derived from the code, and copyleft ones that rule a term out.
-PERMISSIVE = (
-    "MIT", "BSD", "BSL-1.0", "Boost", "Apache", "PSF", "Python Software Foundation", "CNRI-Python", "ISC",
-    "Unlicense", "CC0", "Zlib", "HPND",
-)  # fmt: skip
-COPYLEFT = ("GPL", "MPL", "Mozilla", "EPL", "Eclipse", "CDDL", "EUPL", "OSL", "CC-BY-SA")
+# Licences that allow redistributing weights derived from the code (whole words, any case), and words that
+# rule a term out: copyleft, or no licence to redistribute at all.
+PERMISSIVE = re.compile(
+    r"\b(MIT|0?BSD|BSL-1\.0|Boost|Apache|PSF|Python Software Foundation|CNRI-Python|ISC|Unlicense|CC0|Zlib"
+    r"|HPND)\b",
+    re.IGNORECASE,
+)
+REFUSED = re.compile(
+    r"GPL|General Public|MPL|Mozilla|EPL|Eclipse|CDDL|EUPL|OSL|CC-BY-SA|Affero|Proprietary|Commercial"
+    r"|LicenseRef|rights reserved|not permitted",
+    re.IGNORECASE,
+)
 # Never train on evaluation data, or anything derived from it.
 BANNED_PATH_PARTS = ("humaneval", "human_eval", "mbpp", "santacoder", "apps_eval", "codecontests")
 MAX_FILE_BYTES = 200_000
 MAX_PACKAGE_BYTES = 3_000_000  # so one big package does not dominate
+MAX_STDLIB_BYTES = 12_000_000  # the standard library is the Python every user writes against
 
 
 @dataclass(frozen=True)
@@ -104,48 +112,84 @@ SIZES = {
 
 
 def permissive(licence: str) -> bool:
-    """A licence name or SPDX expression that lets us redistribute derived weights: some alternative of
-    an OR whose AND-ed terms are each permissive (so "MPL-2.0 AND MIT" is refused, "MIT OR GPL-2.0" taken)."""
+    """A licence name or SPDX expression that lets us redistribute derived weights: AND needs both sides
+    permissive, OR either (so "MPL-2.0 AND MIT" is refused, "MIT OR GPL-2.0" taken); a name is permissive
+    when it names a permissive licence as a whole word and nothing refused ("Unlicensed", "redistribution
+    not permitted" are not)."""
     if len(licence) >= 200:  # a licence's full text, not a name
         return False
+    # The one licence name with "and" in it (a classifier's): not two terms.
+    licence = re.sub(r"Historical Permission Notice and Disclaimer", "HPND", licence, flags=re.IGNORECASE)
+    words = re.findall(r"[()]|[^()\s]+", licence)
 
-    def term_ok(term: str) -> bool:
-        term = term.strip(" ()").lower()
-        return any(n.lower() in term for n in PERMISSIVE) and not any(c.lower() in term for c in COPYLEFT)
+    def expression() -> bool:  # terms joined by OR, each terms joined by AND
+        alternatives = [conjunction()]
+        while words and words[0].upper() == "OR":
+            words.pop(0)
+            alternatives.append(conjunction())
+        return any(alternatives)
 
-    if "(" in licence:  # nested expressions: every term must pass
-        return all(map(term_ok, re.split(r"\s+(?:AND|OR)\s+", licence)))
-    alternatives = re.split(r"\s+OR\s+", licence)
-    return any(all(map(term_ok, re.split(r"\s+AND\s+", alternative))) for alternative in alternatives)
+    def conjunction() -> bool:
+        terms = [term()]
+        while words and words[0].upper() == "AND":
+            words.pop(0)
+            terms.append(term())
+        return all(terms)
+
+    def term() -> bool:
+        if words and words[0] == "(":
+            words.pop(0)
+            inner = expression()
+            if words and words[0] == ")":
+                words.pop(0)
+            return inner
+        name = []
+        while words and words[0] != ")" and words[0].upper() not in ("AND", "OR"):
+            if words[0] == "(":  # a name's own parentheses: "ISC License (ISCL)"
+                if not name or ")" not in words:
+                    break
+                while (word := words.pop(0)) != ")":
+                    name.append(word)
+                continue
+            name.append(words.pop(0))
+        text = " ".join(name)
+        return bool(PERMISSIVE.search(text)) and not REFUSED.search(text)
+
+    allowed = expression()
+    return allowed and not words  # an unbalanced ")" leaves words over: not an expression we read
 
 
-def _licence(dist: metadata.Distribution) -> str | None:
+def distribution_licence(dist: metadata.Distribution) -> str | None:
+    """The distribution's licence when it is permissive, else None. License-Expression is authoritative
+    when present; otherwise the License field (when it is a name) and every licence classifier must be."""
     meta = dist.metadata
-    candidates = [meta.get("License-Expression") or "", meta.get("License") or ""]
-    candidates += [
-        c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License")
+    if expression := (meta.get("License-Expression") or "").strip():
+        return expression if permissive(expression) else None
+    field = (meta.get("License") or "").strip()
+    names = [field] if field and field.upper() != "UNKNOWN" and len(field) < 200 else []
+    names += [
+        c.split("::")[-1].strip()
+        for c in meta.get_all("Classifier") or []
+        if c.startswith("License ::") and c.count("::") > 1  # "License :: OSI Approved" names none
     ]
-    for text in candidates:
-        if permissive(text):
-            return text.strip()
-    return None
+    if not names or not all(map(permissive, names)):
+        return None
+    return field if names[0] == field else "; ".join(dict.fromkeys(names))
 
 
 def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str, object]]]:
     """[(source name, text)] deduplicated by content, and the manifest (package, version, licence, files)."""
     sources: list[tuple[str, str, str, list[Path]]] = []
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    stdlib_files = [
-        p for p in sorted(stdlib.rglob("*.py")) if not {"site-packages", "test", "tests"} & set(p.parts)
-    ]
-    sources.append(("python-stdlib", sys.version.split()[0], "PSF-2.0", stdlib_files))
+    stdlib_files = [p for p in stdlib.rglob("*.py") if not {"site-packages", "test", "tests"} & set(p.parts)]
+    sources.append(("python-stdlib", sys.version.split()[0], "PSF-2.0", _spread(stdlib_files, stdlib)))
     for dist in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
         name = dist.metadata["Name"]
-        licence = _licence(dist)
+        licence = distribution_licence(dist)
         if not name or licence is None or name.replace("_", "-") == "dgemma-lsp":
             continue
         files = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".py")]
-        sources.append((name, dist.version, licence, sorted(files)))
+        sources.append((name, dist.version, licence, _spread(files, Path(dist.locate_file("")))))
 
     seen: set[str] = set()
     corpus: list[tuple[str, str]] = []
@@ -163,7 +207,8 @@ def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str
             except (OSError, UnicodeDecodeError):
                 continue
             digest = hashlib.sha1(text.strip().encode()).hexdigest()
-            if len(text) < 200 or digest in seen or used > MAX_PACKAGE_BYTES or total > max_bytes:
+            cap = MAX_STDLIB_BYTES if name == "python-stdlib" else MAX_PACKAGE_BYTES
+            if len(text) < 200 or digest in seen or used > cap or total > max_bytes:
                 continue
             seen.add(digest)
             corpus.append((f"{name}/{path.name}", text))
@@ -173,6 +218,12 @@ def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str
         if count:
             manifest.append({"package": name, "version": version, "licence": licence, "files": count})
     return corpus, manifest
+
+
+def _spread(files: list[Path], root: Path) -> list[Path]:
+    """`files` in the order of a hash of their path under `root`: a source cut at its cap is a sample of
+    all of it (in path order the standard library stopped at `encodings/`), the same on every machine."""
+    return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
 
 
 def corpus_from_file(path: Path, max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str, object]]]:
@@ -350,10 +401,13 @@ class Examples:
         done, canvas = middle[: block * s.canvas], middle[block * s.canvas : (block + 1) * s.canvas]
         budget = s.prompt - 4 - len(done)
         reach = 8 * budget  # characters: enough for a budget of tokens
-        prefix = self.encode(text[max(0, start - reach) : start])
-        prefix = prefix[max(0, len(prefix) - rng.randint(budget // 4, budget)) :]
-        suffix = self.encode(text[end : end + reach])[: budget - len(prefix)]
-        pad = [ids[PAD]] * (budget - len(prefix) - len(suffix))  # rare: short file
+        before = self.encode(text[max(0, start - reach) : start])
+        keep = min(len(before), rng.randint(budget // 4, budget))
+        suffix = self.encode(text[end : end + reach])[: budget - keep]
+        # A suffix shorter than its room leaves it to the prefix, as the server's prompt does: pad only
+        # when the whole file is short (it padded 7 % of the examples, in front of a cut prefix).
+        prefix = before[max(0, len(before) - (budget - len(suffix))) :]
+        pad = [ids[PAD]] * (budget - len(prefix) - len(suffix))
         # Suffix first (SPM), so the code just before the cursor sits next to the canvas, in the sliding
         # layers' window.
         prompt = [*pad, ids[BOS], ids[FIM_SUFFIX], *suffix, ids[FIM_PREFIX], *prefix, ids[FIM_MIDDLE], *done]
@@ -433,29 +487,69 @@ def diffusion_loss(
 
 
 def save_training_state(
-    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, minutes: float
+    folder: Path,
+    model: torch.nn.Module,
+    optim: torch.optim.Optimizer,
+    step: int,
+    minutes: float,
+    rng: random.Random,
+    generator: torch.Generator,
 ) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / "model.safetensors"))  # handles the tied encoder/decoder weights
+    """Weights, optimizer and both random streams at `step`, written beside `folder` and then swapped in:
+    a run killed while saving keeps its last whole checkpoint."""
+    fresh, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    save_model(model, str(fresh / "model.safetensors"))  # handles the tied encoder/decoder weights
     names = {id(p): n for n, p in model.named_parameters()}
     state = {
         f"{names[id(p)]}::{k}": v for p, s in optim.state.items() for k, v in s.items() if torch.is_tensor(v)
     }
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "optimizer.safetensors")
-    (folder / "state.json").write_text(json.dumps({"step": step, "minutes": minutes}))
+    save_file({k: v.contiguous() for k, v in state.items()}, fresh / "optimizer.safetensors")
+    save_file({"noise": generator.get_state()}, fresh / "generator.safetensors")
+    version, internal, gauss = rng.getstate()
+    (fresh / "state.json").write_text(  # last: a folder with state.json is whole
+        json.dumps({"step": step, "minutes": minutes, "examples_rng": [version, list(internal), gauss]})
+    )
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    fresh.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(work: Path) -> Path | None:
+    """WORK/checkpoint, or the one it replaces when a save stopped between its two renames."""
+    return next(
+        (f for f in (work / "checkpoint", work / "checkpoint.old") if (f / "state.json").is_file()), None
+    )
 
 
 def load_training_state(
-    folder: Path, model: torch.nn.Module, optim: torch.optim.Optimizer
+    folder: Path,
+    model: torch.nn.Module,
+    optim: torch.optim.Optimizer,
+    rng: random.Random,
+    generator: torch.Generator,
 ) -> tuple[int, float]:
-    """Restores the weights and optimizer; returns the steps and minutes of training behind them."""
+    """Restores the weights, optimizer and random streams; returns the steps and minutes of training
+    behind them. The streams carry on where they were, so a resumed run trains as an uninterrupted one."""
     load_model(model, str(folder / "model.safetensors"))
     params = dict(model.named_parameters())
     for key, value in load_file(folder / "optimizer.safetensors").items():
         name, field = key.split("::")
         optim.state[params[name]][field] = value.to(params[name].device)
     state = json.loads((folder / "state.json").read_text())
-    return int(state["step"]), float(state.get("minutes", 0.0))
+    step = int(state["step"])
+    if "examples_rng" in state and (folder / "generator.safetensors").is_file():
+        version, internal, gauss = state["examples_rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        generator.set_state(load_file(folder / "generator.safetensors")["noise"])
+    else:  # a checkpoint from before the streams were saved: new examples, not the first run's again
+        seed = generator.initial_seed() + step  # main seeds both streams alike
+        rng.seed(seed)
+        generator.manual_seed(seed)
+    return step, float(state.get("minutes", 0.0))
 
 
 def progress(step: int, done: float, loss: float, started: float) -> None:
@@ -502,21 +596,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    size, device = SIZES[args.size], torch.device(args.device)
+    size = SIZES[args.size]
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device}: {exc}")
     batch = args.batch or (256 if device.type == "cuda" else 32)
     torch.set_float32_matmul_precision("high")  # TF32 on GPUs that have it; no effect on a CPU
     work = args.work or args.out.with_name(args.out.name + ".work")
-    if args.resume and not (work / "checkpoint" / "state.json").is_file():
+    resume_from = last_checkpoint(work) if args.resume else None
+    if args.resume and resume_from is None:
         parser.error(f"--resume: {work / 'checkpoint'} holds no training checkpoint (see --work)")
-    work.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch has no CUDA device")
+    for folder in (work, args.out):  # before the slow steps, not when the trained model is written
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"cannot write {folder}: {exc}")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
     max_bytes = int(args.corpus_mb * 1e6)
-    corpus, manifest = corpus_from_file(args.corpus, max_bytes) if args.corpus else collect_corpus(max_bytes)
+    try:
+        corpus, manifest = (
+            corpus_from_file(args.corpus, max_bytes) if args.corpus else collect_corpus(max_bytes)
+        )
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:  # gzip's and json's errors included
+        parser.error(f"--corpus {args.corpus}: cannot read or write it as a corpus file ({exc!r})")
     train_texts, heldout = split_heldout(corpus)
     (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout))
-    tasks = heldout_tasks(heldout, 300, args.seed)
+    tasks = heldout_tasks(heldout, 300, args.seed) if heldout else []
     (work / "heldout_tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     print(
         f"corpus: {len(corpus)} files from {len(manifest)} packages; {len(heldout)} held out", file=sys.stderr
@@ -542,13 +652,17 @@ def main(argv: list[str] | None = None) -> int:
         if shape != (size.vocab, size.hidden, size.layers, size.canvas):
             raise SystemExit(f"{args.init} is not a --size {args.size} model")
         earlier = json.loads((args.init / "corpus_manifest.json").read_text())
+        (work / "init_manifest.json").write_text(json.dumps(earlier))  # for a --resume of this run
     else:
-        model, earlier = DiffusionGemmaForBlockDiffusion(make_config(size)), None
+        model = DiffusionGemmaForBlockDiffusion(make_config(size))
+        kept = work / "init_manifest.json"
+        earlier = json.loads(kept.read_text()) if args.resume and kept.is_file() else None
     model = model.to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step, minutes = load_training_state(work / "checkpoint", model, optim) if args.resume else (0, 0.0)
-    rng.seed(args.seed + step)  # a resumed run draws new examples, not the first run's again
-    generator = torch.Generator(device=device).manual_seed(args.seed + step)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    step, minutes = 0, 0.0
+    if resume_from is not None:
+        step, minutes = load_training_state(resume_from, model, optim, rng, generator)
     # The clock counts the training before a --resume, so a resumed run finishes the schedule it was in.
     warmup, started, deadline = 100, time.perf_counter() - 60 * minutes, None
     if args.minutes is not None:
@@ -577,9 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.item())
         progress(step, done(), sum(losses[-50:]) / len(losses[-50:]), started)
         if step % args.checkpoint_every == 0:
-            save_training_state(work / "checkpoint", model, optim, step, trained_minutes())
+            save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), rng, generator)
     print(file=sys.stderr)
-    save_training_state(work / "checkpoint", model, optim, step, trained_minutes())
+    save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), rng, generator)
     recent = losses[-50:] or [float("nan")]
     export(model, tokenizer, args.out, manifest, {
         "steps": step, "batch": batch, "draws": args.draws, "device": str(device), "size": args.size,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata as metadata
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from dgemma_lsp.model.checkpoint import load_checkpoint, read_languages
 from dgemma_lsp.model.infill import Infiller
@@ -20,6 +23,7 @@ from dgemma_lsp.model.train import (
     collect_corpus,
     corpus_from_file,
     diffusion_loss,
+    distribution_licence,
     heldout_tasks,
     main,
     make_config,
@@ -32,6 +36,9 @@ from dgemma_lsp.model.train import (
 def test_corpus_is_permissive_deduplicated_and_split() -> None:
     corpus, manifest = collect_corpus(2_000_000)
     texts = [text for _, text in corpus]
+    # A sample of the whole standard library (in path order it stopped in encodings/ at its cap).
+    stdlib = [name.removeprefix("python-stdlib/") for name, _ in corpus if name.startswith("python-stdlib/")]
+    assert sum(name > "f" for name in stdlib) > len(stdlib) / 2
     assert len(set(texts)) == len(texts)
     assert manifest[0]["package"] == "python-stdlib"
     assert all(permissive(str(m["licence"])) for m in manifest)
@@ -65,10 +72,45 @@ def test_corpus_file_is_built_once_then_read(tmp_path: Path) -> None:
         ("(MIT OR Apache-2.0) AND EPL-2.0", False),
         ("Proprietary", False),
         ("", False),
+        # Names are whole words, "and"/"or" in any case, parentheses nest or belong to a name.
+        ("Unlicensed", False),
+        ("Proprietary - all rights reserved, redistribution not permitted", False),  # "mit" in "permitted"
+        ("Proprietary; see DISCLAIMER", False),  # "isc"
+        ("LicenseRef-Commercial-Limited", False),
+        ("MIT and GNU General Public License v2", False),
+        ("Python Software Foundation License; GNU General Public License", False),
+        ("Apache-2.0 AND (MIT OR GPL-2.0)", True),
+        ("ISC License (ISCL)", True),
+        ("Historical Permission Notice and Disclaimer (HPND)", True),
+        ("MIT)", False),
     ],
 )
 def test_licence_filter(licence: str, allowed: bool) -> None:
     assert permissive(licence) is allowed
+
+
+def distribution(folder: Path, *fields: str) -> metadata.Distribution:
+    info = folder / "demo-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "\n".join(["Metadata-Version: 2.4", "Name: demo", "Version: 1.0", *fields])
+    )
+    return metadata.PathDistribution(info)
+
+
+def test_a_distributions_licence_expression_decides_else_every_licence_it_names_must_be_permissive(
+    tmp_path: Path,
+) -> None:
+    mit = "Classifier: License :: OSI Approved :: MIT License"
+    gpl = "Classifier: License :: OSI Approved :: GNU General Public License v2 (GPLv2)"
+    assert distribution_licence(distribution(tmp_path / "a", "License-Expression: GPL-3.0-only", mit)) is None
+    assert distribution_licence(distribution(tmp_path / "b", mit, gpl)) is None
+    assert distribution_licence(distribution(tmp_path / "c", "License: MIT", mit)) == "MIT"
+    assert distribution_licence(distribution(tmp_path / "d", "License: UNKNOWN", mit)) == "MIT License"
+    assert (
+        distribution_licence(distribution(tmp_path / "e", "License-Expression: MIT OR GPL-2.0", gpl))
+        == "MIT OR GPL-2.0"
+    )
 
 
 IDS = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<|fim_prefix|>": 3, "<|fim_suffix|>": 4, "<|fim_middle|>": 5}
@@ -88,6 +130,8 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
     assert batch.prompt.shape == (256, size.prompt) and batch.canvas.shape == (256, size.canvas)
     fim = [(p, c, s) for p, c, s in rows if 5 in p]
     assert fim and len(fim) < len(rows)  # both FIM and plain continuation examples
+    # A suffix cut short by the file's end leaves its room to the prefix, as the server's prompt does.
+    assert not any(0 in p for p, _, _ in fim)
     text = lambda ids: "".join(map(chr, ids))  # noqa: E731
     kinds = set()
     for prompt, canvas, scored in fim:
@@ -179,6 +223,46 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     info = json.loads((further / "corpus_manifest.json").read_text())
     assert info["training"]["continued_from"]["training"]["steps"] == 3 and info["training"]["draws"] == 2
     assert (further / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    # Resumed, it still names the model it continued from (the manifest of a --resume had lost it).
+    assert main([*common[2:], "--out", str(further), "--steps", "2", "--resume"]) == 0
+    info = json.loads((further / "corpus_manifest.json").read_text())
+    assert info["training"]["steps"] == 2 and info["training"]["continued_from"]["training"]["steps"] == 3
+
+
+def test_a_resumed_run_trains_as_an_uninterrupted_one_even_after_a_save_was_cut(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.json.gz"
+    common = ["--size", "toy", "--corpus-mb", "0.5", "--corpus", str(corpus), "--batch", "2"]
+    common += ["--checkpoint-every", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*common, "--out", str(whole), "--steps", "4"]) == 0
+    assert main([*common, "--out", str(parts), "--steps", "2"]) == 0
+    # Killed while saving the next checkpoint: the old one renamed away, the new one half written.
+    work = tmp_path / "parts.work"
+    (work / "checkpoint").rename(work / "checkpoint.old")
+    shutil.copytree(work / "checkpoint.old", work / "checkpoint.tmp")
+    (work / "checkpoint.tmp" / "model.safetensors").write_bytes(b"\0" * 100)
+    assert main([*common, "--out", str(parts), "--steps", "4", "--resume"]) == 0
+    a = load_file(tmp_path / "whole.work" / "checkpoint" / "model.safetensors")
+    b = load_file(work / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (work / "checkpoint.old").exists() and not (work / "checkpoint.tmp").exists()
+
+
+def test_bad_arguments_are_usage_errors_before_the_corpus_is_built(tmp_path: Path, capsys) -> None:
+    garbage = tmp_path / "corpus.json.gz"
+    garbage.write_bytes(b"not a corpus")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["--corpus", str(garbage)], "cannot read or write it as a corpus file"),
+        (["--out", str(tmp_path / "file" / "model")], "cannot write"),
+        (["--device", "cdua"], "--device cdua"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA device"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--out", str(tmp_path / "model"), "--size", "toy", *args])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, args
 
 
 def test_resume_without_a_checkpoint_is_a_usage_error(tmp_path: Path, capsys) -> None:
