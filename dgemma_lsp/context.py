@@ -411,8 +411,8 @@ class FimContext:
     block_indent: int | None
     max_middle_tokens: int
     language: str | None  # tree-sitter language name, None for plain text
-    line_prefix: str  # text of the cursor line before the cursor
-    line_suffix: str  # text of the cursor line after the cursor (without the line ending)
+    line_prefix: str  # text of the cursor line before the cursor (a minified line's: the window's part)
+    line_suffix: str  # text of the cursor line after the cursor (without the line ending; likewise)
     prefix_truncated: bool
     suffix_truncated: bool
     syntax: SyntaxSnapshot | None = field(default=None, compare=False, repr=False)  # None without a tree
@@ -437,6 +437,9 @@ def indent_width(line: str) -> int:
 
 
 # --- languages and parsers ---------------------------------------------------------------------------
+
+# Grammars of prose: every line of a paragraph or list is unindented, so indentation ends nothing.
+PROSE_LANGUAGES = frozenset({"markdown", "markdown_inline", "rst", "org"})
 
 _LANGUAGE_IDS: dict[str, str | None] = {
     "python": "python",
@@ -865,14 +868,14 @@ class SyntaxDocument:
         offset = self.offset_at(line, character)
         starts = self._line_starts()
         cur = bisect_right(starts, offset) - 1
-        line_prefix = self.text[starts[cur] : offset]
-        line_suffix = self.text[offset : self._line_end(cur)]
-
         # A cursor line too long for the budget (minified code) is cut around the cursor: tokenizing
-        # megabytes for a prompt that keeps a few thousand tokens took seconds a request.
+        # megabytes for a prompt that keeps a few thousand tokens took seconds a request, and so did
+        # post-processing's scans of the whole line.
         line_bound = self._line_bound(cur + 1)
         prefix_start = max(starts[cur], offset - budget.prefix_tokens * MAX_TOKEN_CHARS)
         suffix_end = min(line_bound, offset + budget.suffix_tokens * MAX_TOKEN_CHARS)
+        line_prefix = self.text[prefix_start:offset]
+        line_suffix = self.text[offset : min(self._line_end(cur), suffix_end)]
 
         # Prefix: the cursor line's text before the cursor, then whole lines upward while they fit.
         if prefix_start == starts[cur]:
@@ -946,6 +949,8 @@ class SyntaxDocument:
 
     def _block_indent(self, cur: int, offset: int, line_prefix: str) -> int | None:
         """block_indent for a blank cursor line: see FimContext. Text rules, tightened by the tree."""
+        if self.language in PROSE_LANGUAGES:  # sections and paragraphs are no blocks to end a middle at
+            return None
         prev = next((i for i in range(cur - 1, -1, -1) if self._line_text(i).strip()), None)
         if prev is not None and (opener := self._opener_indent(prev)) is not None:
             return opener

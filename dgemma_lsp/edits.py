@@ -56,6 +56,6 @@ def fill_context(doc: SyntaxDocument, start: int, end: int, budget: ContextBudge
     without = SyntaxDocument(doc.text[:start] + doc.text[end:], doc.language)
     cursor = without.position_at(start)
     ctx = without.context_at(cursor.line, cursor.character, budget)
-    if ctx.scope == "line" and "\n" in doc.text[start:end]:
+    if ctx.scope == "line" and re.search(r"[\r\n]", doc.text[start:end]):  # a lone CR ends a line too
         ctx = dataclasses.replace(ctx, scope="block", max_middle_tokens=budget.block_middle_tokens)
     return ctx

@@ -51,7 +51,9 @@ def language_enabled(
     enable: dict[str, bool], language_id: str | None, trained: tuple[str, ...] | None = None
 ) -> bool:
     """Per-language switch: the languageId's own entry, else off for a language the model was not `trained`
-    on (when it names them), else "*", else on."""
+    on (when it names them), else "*", else on. languageIds are compared in any case ("Python")."""
+    language_id = language_id.lower() if language_id else None
+    enable = {key.lower(): on for key, on in enable.items()}
     if language_id is not None and language_id in enable:
         return enable[language_id]
     if trained is not None and language_id not in trained:

@@ -307,7 +307,8 @@ def detect_indentation(text: str) -> Indentation:
 
 
 def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
-    """Lines after the first re-indented to `style`; the first continues the cursor line as it is.
+    """Lines after the first re-indented to `style`; the first continues the cursor line as it is, its own
+    indentation re-indented too when the cursor is in the line's indentation.
 
     Tabs and spaces are swapped level for level. Space indentation deeper than the cursor line is
     rescaled from the middle's own step (its smallest) to the document's; other widths are kept.
@@ -317,7 +318,14 @@ def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
     spaced = [len(line) - len(line.lstrip(" ")) for line in lines[1:] if line.strip() and line[:1] != "\t"]
     deeper = [w - base for w in spaced if w > base]
     step = min(deeper) if deeper and 2 <= min(deeper) <= 8 else style.size
-    out = [lines[0]]
+    first = lines[0]
+    if not line_prefix.strip():  # a cursor in the indentation: the first line's own indentation is ours too
+        body = first.lstrip(" \t")
+        indent = line_prefix + first[: len(first) - len(body)]
+        wanted = _indent(indent_width(indent), style)
+        if body and wanted != indent and wanted.startswith(line_prefix):
+            first = wanted[len(line_prefix) :] + body
+    out = [first]
     for line in lines[1:]:
         body = line.lstrip(" \t")
         indent = line[: len(line) - len(body)]

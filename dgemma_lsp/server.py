@@ -693,8 +693,11 @@ async def did_change_configuration(ls: DgemmaServer, params: types.DidChangeConf
 def did_open(ls: DgemmaServer, params: types.DidOpenTextDocumentParams) -> None:
     item = params.text_document
     ls.documents.pop(item.uri, None)  # opened again: the most recent now
-    ls.documents[item.uri] = SyntaxDocument(item.text, language_for(item.language_id, item.uri))
-    ls.language_ids[item.uri] = item.language_id
+    language = language_for(item.language_id, item.uri)
+    ls.documents[item.uri] = SyntaxDocument(item.text, language)
+    # No languageId (some clients send ""): the language its name gives, for the per-language switches.
+    ls.language_ids[item.uri] = item.language_id or language or ""
+    ls.changes[item.uri] += 1  # its text is new: a request waiting out its debounce is outdated
 
 
 def did_change(ls: DgemmaServer, params: types.DidChangeTextDocumentParams) -> None:

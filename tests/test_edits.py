@@ -50,8 +50,9 @@ def test_a_span_inside_a_line_is_filled_as_the_rest_of_it() -> None:
     assert ctx.max_middle_tokens == 20
 
 
-def test_a_selection_over_lines_gets_a_block_middle() -> None:
-    text = "fn f() { let a = 1;\n    let b = 2; }\n"
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_a_selection_over_lines_gets_a_block_middle(eol: str) -> None:
+    text = f"fn f() {{ let a = 1;{eol}    let b = 2; }}{eol}"
     doc = SyntaxDocument(text, "rust")
     start, end = text.index("let a"), text.index(" }")
     ctx = fill_context(doc, start, end, ContextBudget(block_middle_tokens=99))

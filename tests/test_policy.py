@@ -97,6 +97,9 @@ def test_documents_have_their_own_rate() -> None:
         ({"*": True}, "rust", ("python",), False),
         ({"rust": True}, "rust", ("python",), True),
         ({"python": False}, "python", ("python",), False),
+        # languageIds in any case: the grammar lookup takes "Python" as Python, so does the switch
+        ({}, "Python", ("python",), True),
+        ({"Rust": True}, "rust", ("python",), True),
     ],
 )
 def test_language_enabled(

@@ -630,3 +630,33 @@ def test_syntax_errors_counts_error_and_missing_nodes() -> None:
     assert syntax_errors("x = (1 + \n", "python") >= 1
     assert syntax_errors("int main( { return 0; }\n", "c") >= 1
     assert syntax_errors("anything", None) is None
+
+
+@pytest.mark.parametrize(
+    ("language", "source", "raw", "text"),
+    [
+        ("go", "package main\n\nfunc f(x int) int {\n\tif x > 0 {\n<|cursor|>\n\t}\n\treturn 0\n}\n",
+         "        x--\n        return x", "\t\tx--\n\t\treturn x"),
+        ("python", "def f(x):\n\tif x:\n\t\ty = 1\n<|cursor|>\n\treturn 0\n", "        y += 1", "\t\ty += 1"),
+        ("python", "def f(x):\n    if x:\n<|cursor|>\n    return 0\n", "\t\ty = 1", "        y = 1"),
+    ],
+)  # fmt: skip
+def test_a_first_line_written_in_the_cursors_indentation_gets_the_documents_tabs_or_spaces(
+    language: str, source: str, raw: str, text: str
+) -> None:
+    # A blank line the editor left unindented (or indented only in part): the model's indentation of the
+    # first line is inserted text like the rest. Spaces among tabs were a TabError in Python.
+    ctx = context(source, language)
+    found = finish(after_indentation(raw, ctx.indent_at_cursor), ctx)
+    assert found is not None and found.text == text
+    assert not adds_syntax_errors(found, ctx)
+
+
+def test_a_block_in_markdown_keeps_all_its_lines() -> None:
+    # Every line of a paragraph or list is unindented: an indentation cut kept only the first.
+    raw = "First line of the new paragraph.\nSecond line.\n- a list item"
+    for source in ("# Title\n\nSome text.\n\n<|cursor|>\n\n## Next\n", "Some text.\n<|cursor|>\n"):
+        ctx = context(source, "markdown")
+        assert ctx.scope == "block" and ctx.block_indent is None
+        found = finish(raw, ctx)
+        assert found is not None and found.text == raw

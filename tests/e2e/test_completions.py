@@ -437,8 +437,14 @@ async def test_a_request_whose_document_changes_during_its_debounce_does_not_run
         )
     )
     assert (await pending).items == ()
+    # Opened again with other text while one waits (a client that re-sends the document): as outdated.
+    insert(client, uri, 3, types.Position(line=4, character=4), "r")  # a keystroke: the debounce starts
+    pending = asyncio.ensure_future(client.text_document_inline_completion_async(params(uri, 4, 5)))
+    await asyncio.sleep(0.05)
+    open_doc(client, "x = 1\n", uri)
+    assert (await pending).items == ()
     after = await stats(client)
-    assert after.outdated - before.outdated == 1 and after.completions == before.completions
+    assert after.outdated - before.outdated == 2 and after.completions == before.completions
 
     invoked = types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked)
     listed = await client.text_document_completion_async(
