@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .utils import HAVE_TRITON, triton_usable
+from .utils import triton_import_error, triton_usable
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,10 @@ Kernels = Literal["auto", "triton", "torch", "inductor"]  # inductor: the torch 
 def use_triton(requested: Kernels, device: torch.device) -> bool:
     """Whether the fast backend runs the Triton kernels: ``auto`` on CUDA; ``triton`` wherever they can run
     (CUDA, or the CPU under TRITON_INTERPRET=1), falling back to torch, with a warning, where they cannot."""
-    if requested in ("torch", "inductor"):
+    if requested in ("torch", "inductor") or (requested == "auto" and device.type != "cuda"):
         return False
-    if requested == "auto":
-        return device.type == "cuda" and HAVE_TRITON
     if not triton_usable(device):
-        why = "Triton is not installed" if not HAVE_TRITON else f"no Triton kernels on {device.type}"
-        log.warning("kernels=triton requested but %s: using the torch kernels", why)
+        why = triton_import_error() or f"no Triton kernels on {device.type}"
+        log.warning("kernels=%s: %s; using the torch kernels", requested, why)
         return False
     return True

@@ -1,4 +1,4 @@
-"""Canvas attention: the model's torch path (cat prefix + canvas K/V, then SDPA) against the Triton kernel.
+"""Canvas attention: the model's torch path (canvas K/V after the prefix, then SDPA) against the kernel.
 
     python -m dgemma_lsp.kernels.bench_attention [--device cuda] [--small] [--json FILE]
 
@@ -6,7 +6,9 @@ Real DiffusionGemma-26B-A4B shapes (batch 1, canvas 256, bf16): a sliding layer 
 head_dim 256, 1023 cached keys) and a full layer (16 q heads, 2 kv heads, head_dim 512) at 2k and 32k
 cached keys.
 FLOPs = 4 * Hq * C * K * D (QK^T and PV); the percentage is of a bf16 matmul peak measured here once.
-On the CPU (TRITON_INTERPRET=1, --small) it is only a smoke run.
+Results before 2026-11-29 timed a torch path the model does not take (prefix and canvas concatenated, GQA
+left to SDPA, which at head dim 512 falls back to its fp32 math path). On the CPU (TRITON_INTERPRET=1,
+--small) it is only a smoke run.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dgemma_lsp.kernels.attention import canvas_attention
 from dgemma_lsp.kernels.utils import bench_main, device_name, peak_matmul_tflops, time_ms, triton_usable
+from dgemma_lsp.model.dgemma import attend
 
 # name, Hq, Hkv, head_dim, cached keys (start - lo), canvas
 REAL_CASES = [
@@ -40,11 +42,13 @@ def _torch_path(
     k: torch.Tensor,
     v: torch.Tensor,
 ) -> torch.Tensor:
-    # As model/dgemma.py Attention.forward does in decode mode: concatenate, then SDPA with GQA.
-    prefix = (q.shape[0], -1, -1, -1)
-    keys = torch.cat([cache_k[:, :, lo:start].expand(prefix), k], dim=2)
-    values = torch.cat([cache_v[:, :, lo:start].expand(prefix), v], dim=2)
-    return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
+    """What model/dgemma.py's Attention.forward runs for one canvas: its K/V written after the prefix as
+    scratch, one slice of the cache read, and `attend` (K/V heads repeated above head dim 256)."""
+    canvas = q.shape[2]
+    cache_k.narrow(2, start, canvas).copy_(k)
+    cache_v.narrow(2, start, canvas).copy_(v)
+    keys, values = cache_k.narrow(2, lo, start + canvas - lo), cache_v.narrow(2, lo, start + canvas - lo)
+    return attend(q, keys, values, None)
 
 
 def _report(result: dict[str, Any]) -> str:

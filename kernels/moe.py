@@ -60,7 +60,8 @@ def _route_kernel(
     shifted = tl.exp(logits - tl.max(logits, axis=1)[:, None])
     probs = shifted / tl.sum(shifted, axis=1)[:, None]  # [BLOCK_T, BLOCK_E] softmax over all experts
 
-    # top-k as k rounds of max + mask; ties go to the lower expert index (what torch.topk does in practice).
+    # top-k as k rounds of max + mask; ties go to the lower expert index. torch.topk (the spec's) makes no
+    # such promise, and on the CPU it breaks exact ties otherwise: the two may route a tied token apart.
     candidates = tl.where(col_ok[None, :], probs, -1.0)
     slots = tl.arange(0, BLOCK_K)  # [BLOCK_K]
     top_w = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
@@ -87,7 +88,8 @@ def route(
     """Routing weights [T, top_k] fp32 and expert indices [T, top_k] int64 from router logits [T, E].
 
     softmax over all E experts in fp32 -> top-k (largest first; ties to the lower index) -> renormalise to
-    sum 1 -> times ``per_expert_scale[index]``. Equal to ``reference.route`` and model ``Router.forward``.
+    sum 1 -> times ``per_expert_scale[index]``. Equal to ``reference.route`` and model ``Router.forward``
+    except where two probabilities tie exactly at the k-th place (torch.topk may take the other).
     """
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float [T, E] tensor, got {tuple(logits.shape)} {logits.dtype}")

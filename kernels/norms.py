@@ -44,6 +44,8 @@ def rms_norm(
         raise ValueError(f"residual {tuple(residual.shape)} != x {tuple(x.shape)}")
     n = x.shape[-1]
     (flat,) = contiguous(x.reshape(-1, n))  # [rows, n]
+    if weight is not None:
+        (weight,) = contiguous(weight)
     out = torch.empty_like(flat)
     res = contiguous(residual.reshape(-1, n))[0] if residual is not None else flat
     _rms_norm_kernel[(flat.shape[0],)](
@@ -78,9 +80,12 @@ def _head_norm_rope_kernel(
         partner = tl.where(cols < half, cols + half, cols - half)
         xp = tl.load(src + partner, mask=mask, other=0.0).to(tl.float32)
         yp = (xp * inv_rms * tl.load(norm_ptr + head * head_dim + partner, mask=mask, other=0.0)).to(out_ty)
-        cos = tl.load(cos_ptr + s * head_dim + cols, mask=mask, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + s * head_dim + cols, mask=mask, other=0.0).to(tl.float32)
-        y = (y.to(tl.float32) * cos + yp.to(tl.float32) * sin).to(out_ty)
+        # Round where torch rounds (the tables, each product and the sum in the activation dtype), so that
+        # this kernel's q and k are the torch path's bit for bit, not one ulp off in a third of them.
+        cos = tl.load(cos_ptr + s * head_dim + cols, mask=mask, other=0.0).to(out_ty).to(tl.float32)
+        sin = tl.load(sin_ptr + s * head_dim + cols, mask=mask, other=0.0).to(out_ty).to(tl.float32)
+        rotated = (y.to(tl.float32) * cos).to(out_ty).to(tl.float32)
+        y = (rotated + (yp.to(tl.float32) * sin).to(out_ty).to(tl.float32)).to(out_ty)
     if head < n_heads:
         tl.store(q_ptr + ((b * n_heads + head) * seq + s) * head_dim + cols, y, mask=mask)
     elif head < qk_heads:

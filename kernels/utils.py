@@ -26,11 +26,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def triton_import_error() -> str | None:
+    """Why Triton does not import (not installed, or an installed one failing: a missing libtriton, a
+    CUDA mismatch); None when it does. Tried once, when a kernel could first run."""
+    if not HAVE_TRITON:
+        return "Triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # whatever a broken install raises: the torch kernels run instead
+        return f"Triton does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
 def triton_usable(device: torch.device) -> bool:
     """Whether Triton kernels can run on tensors of ``device``: CUDA with Triton, or the interpreter."""
-    if not HAVE_TRITON:
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and not interpreting()):
         return False
-    return interpreting() if device.type == "cpu" else device.type == "cuda"
+    return triton_import_error() is None
 
 
 def next_power_of_2(n: int) -> int:
@@ -105,6 +118,9 @@ def tune_main(
     parser.add_argument("--budget-s", type=float, default=budget_s, help="start none after this")
     parser.add_argument("--json", type=Path, metavar="FILE", required=True)
     options = parser.parse_args(argv)
+    if not triton_usable(torch.device(options.device)):  # it would time the torch fallback under each name
+        print(f"Triton cannot run on {options.device}: nothing to tune", file=sys.stderr)
+        return 2
     result = run(torch.device(options.device), options.small, options.budget_s)
     options.json.write_text(json.dumps(result, indent=1))
     print(report(result))

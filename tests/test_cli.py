@@ -143,3 +143,29 @@ def test_server_prints_nothing_but_protocol_on_stdout() -> None:
     )
     assert out.stdout == b""
     assert out.returncode == 1  # exit without shutdown is an error exit, as the LSP spec says
+
+
+def test_a_triton_that_does_not_import_falls_back_to_the_torch_kernels(
+    tiny_checkpoint: Path, source: Path, tmp_path: Path
+) -> None:
+    # Installed (found) but broken, as with a missing libtriton: the completion crashed on its first step.
+    broken = tmp_path / "site" / "triton"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libtriton.so: cannot open shared object file')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "PYTHONPATH": f"{broken.parent}:{root}",
+        "TRITON_INTERPRET": "1",
+    }
+    argv = ["complete", str(source), "--line", "1", "--character", "25", "--model", str(tiny_checkpoint)]
+    out = subprocess.run(
+        [sys.executable, "-m", "dgemma_lsp", *argv, "--kernels", "triton", "--max-denoising-steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Triton does not import (ImportError: libtriton.so" in out.stderr
+    assert "using the torch kernels" in out.stderr

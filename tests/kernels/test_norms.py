@@ -27,6 +27,21 @@ def test_rms_norm(dtype: torch.dtype, shape: tuple[int, ...], weighted: bool, wi
     assert_close(got, reference.rms_norm(x, weight, 1e-6, residual))
 
 
+def test_rms_norm_reads_a_strided_weight() -> None:
+    x, weight = torch.randn(5, 48, device=DEVICE), torch.randn(48, 2, device=DEVICE)[:, 0]
+    assert_close(norms.rms_norm(x, weight, 1e-6), reference.rms_norm(x, weight, 1e-6))
+
+
+def test_head_norm_rope_rounds_as_the_torch_path_does() -> None:
+    # fp16, which the interpreter rounds as a GPU does: q and k were 1 ulp off in a third of the elements.
+    qkv = torch.randn(1, 32, 8, 64, device=DEVICE).half()
+    head_norm = (1 + 0.1 * torch.randn(8, 64, device=DEVICE)).half()
+    cos, sin = (t.view(32, 64) for t in Rotary(64, 10000.0)(100, 32, torch.float16))
+    got = norms.head_norm_rope(qkv, head_norm, cos.to(DEVICE), sin.to(DEVICE), 4, 2, 1e-6)
+    want = reference.head_norm_rope(qkv, head_norm, cos.to(DEVICE), sin.to(DEVICE), 4, 2, 1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
 def test_rms_norm_reference_is_the_models_norm() -> None:
     norm = RMSNorm(48, 1e-6).to(DEVICE)
     torch.nn.init.normal_(norm.weight)
