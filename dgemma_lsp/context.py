@@ -159,6 +159,14 @@ class SyntaxSnapshot:
         root = tree.root_node
         if count_errors(root) > self.errors or has_error_within(root, first_byte, last_byte):
             return True
+        # An error that starts on the middle's lines where none started before: a half-typed line whose
+        # error tree-sitter put on the next line (Go's `y := ` before `return`), which a wrong middle moves
+        # onto its own lines (`y := x + (1`) without adding a node.
+        before_last = start_byte + _utf8_len(self.text[self.offset : line_end])
+        if has_error_starting_within(root, first_byte, last_byte) and not has_error_starting_within(
+            self.tree.root_node, first_byte, before_last
+        ):
+            return True
         # Lines wholly the middle's: from the cursor line when only indentation precedes the cursor, else
         # from the middle's second line. A block opener there must get its body (`if x:` + a line below).
         newline = middle.find("\n")
@@ -360,6 +368,20 @@ def has_error_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> 
             continue
         within = start_byte <= node.start_byte and node.end_byte <= end_byte
         if within and (node.is_error or node.is_missing):
+            return True
+        if node.has_error:
+            stack.extend(node.children)
+    return False
+
+
+def has_error_starting_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> bool:
+    """Whether an ERROR or MISSING node starts in bytes `start_byte`..`end_byte`."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.end_byte < start_byte or node.start_byte > end_byte:
+            continue
+        if start_byte <= node.start_byte and (node.is_error or node.is_missing):
             return True
         if node.has_error:
             stack.extend(node.children)

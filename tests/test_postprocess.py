@@ -555,6 +555,15 @@ def test_a_block_middle_replaces_the_blank_lines_whitespace_after_the_cursor() -
     assert finish("return x", context("def f(x):\n    <|cursor|>\n", "python")) == Suggestion("return x")
 
 
+def test_a_middle_that_moves_the_next_lines_error_onto_its_own_adds_errors() -> None:
+    # Go puts the half-typed `y := `'s error on the next line; a wrong middle moves it onto its own line
+    # without adding a node, and one that reaches onto the next line is not wholly its own.
+    ctx = context("package main\n\nfunc f(x int) int {\n\ty := <|cursor|>\n\treturn y\n}\n", "go")
+    assert not adds_syntax_errors(Suggestion("x + 1"), ctx)
+    assert adds_syntax_errors(Suggestion("x + (1"), ctx)
+    assert adds_syntax_errors(Suggestion("x + )"), ctx)
+
+
 def test_a_block_opener_the_middle_writes_without_a_body_adds_errors() -> None:
     # tree-sitter-python takes `if x:` with no body for an empty block, no ERROR node; Python does not.
     above = context("def f(x):\n<|cursor|>    return 1\n", "python")  # a new line above code
