@@ -691,10 +691,17 @@ def _strip_line_comment(line: str, marker: str, quotes: str) -> str:
     return line
 
 
+def without_line_comment(line: str, language: str | None) -> str:
+    """`line` without a trailing line comment of `language` (plain text: as it is)."""
+    if language is None:
+        return line
+    quotes = '"' if language == "rust" else "'\"`"  # Rust's 'a lifetimes are not quotes
+    return _strip_line_comment(line, _LINE_COMMENT.get(language, "//"), quotes)
+
+
 def _block_opener_end(line: str, language: str) -> int | None:
     """Column where this line's block opener (`:`, `{`, `(`, `[`, `=>`, Lua's `then`, ...) ends, else None."""
-    quotes = '"' if language == "rust" else "'\"`"  # Rust's 'a lifetimes are not quotes
-    line = _strip_line_comment(line, _LINE_COMMENT.get(language, "//"), quotes)
+    line = without_line_comment(line, language)
     if language not in _LINE_COMMENT:
         line = _TRAILING_BLOCK_COMMENT.sub("", line)
     text = line.rstrip()

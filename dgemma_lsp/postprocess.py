@@ -14,7 +14,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from dgemma_lsp.context import TAB_WIDTH, FimContext, SyntaxDocument, count_errors, indent_width
+from dgemma_lsp.context import (
+    TAB_WIDTH,
+    FimContext,
+    SyntaxDocument,
+    count_errors,
+    indent_width,
+    without_line_comment,
+)
 
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
 # What an auto-pair plugin leaves right of the cursor: closing brackets/quotes, maybe `;`, `,` or `:`.
@@ -148,8 +155,9 @@ def _auto_closed_overlap(line_prefix: str, text: str, tail: str, language: str |
 
     With `tail` made only of closing brackets/quotes (what auto-pair plugins insert), `text` may close
     some of them already: `def f(` + `a, b):` before `)`. The ones `text` closes are replaced rather
-    than left to be doubled; those still owed stay.
+    than left to be doubled; those still owed stay. A comment after them (`)  # note`) stays as it is.
     """
+    tail = without_line_comment(tail, language).rstrip()
     if not tail.strip() or _AUTO_CLOSED_TAIL.fullmatch(tail) is None:
         return None
     owed, closers = _owed_closers(line_prefix, language), _closers_in(tail)

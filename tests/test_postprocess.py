@@ -113,6 +113,9 @@ def test_a_line_start_middle_without_a_newline_stays_on_the_line() -> None:
         ("data.split(b'<|cursor|>')\n", "python", "\\n', 1)", "data.split(b'\\n', 1)\n"),
         ("print(f'<|cursor|>')\n", "python", "{x}', end='')", "print(f'{x}', end='')\n"),
         ("const s = `hi ${<|cursor|>}`;\n", "javascript", "name}!`;", "const s = `hi ${name}!`;\n"),
+        # A comment after them stays (it made the tail look like code: `f(x))  # note`).
+        ("s = f(<|cursor|>)  # note\n", "python", "x)", "s = f(x)  # note\n"),
+        ("foo(<|cursor|>); // why\n", "c", "a, b);", "foo(a, b); // why\n"),
     ],
 )
 def test_auto_closed_brackets_and_quotes_are_replaced_not_doubled(
