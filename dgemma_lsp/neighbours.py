@@ -8,6 +8,7 @@ still reads as one file. Only what the editor has open is read, never the disk. 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ MIN_SIMILARITY = 0.05  # below this a window shares little more than common name
 # which makes the model repeat that code (llama.vim drops such chunks for that reason).
 MAX_SIMILARITY = 0.5
 MAX_DOCUMENT_CHARS = 1_000_000  # larger documents (generated, minified) are not searched
-MAX_DOCUMENTS = 20  # the most recently opened or edited
+MAX_DOCUMENTS = 20  # of the language's, the most recently opened or edited
 
 # Line comments by tree-sitter language: a snippet is commented out so that the prompt stays one valid
 # file. A language missing here gets no snippets.
@@ -113,11 +114,14 @@ class OpenFiles:
         if not names:
             return []
         family = _FAMILIES.get(language or "", language)
+        searched = (
+            doc
+            for doc in others
+            if _FAMILIES.get(doc.language or "", doc.language) == family
+            and len(doc.text) <= MAX_DOCUMENT_CHARS
+        )
         scored = []
-        for doc in list(others)[:MAX_DOCUMENTS]:
-            same_family = _FAMILIES.get(doc.language or "", doc.language) == family
-            if not same_family or len(doc.text) > MAX_DOCUMENT_CHARS:
-                continue
+        for doc in itertools.islice(searched, MAX_DOCUMENTS):
             for window in self._windows_of(doc):
                 score = similarity(names, window.names)
                 if MIN_SIMILARITY <= score <= MAX_SIMILARITY:

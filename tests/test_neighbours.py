@@ -36,6 +36,9 @@ def test_languages_other_than_the_documents_family_are_left_out() -> None:
     [snippet] = OpenFiles().snippets("const price = 1;\nconst discountRate = 2;\nx", "typescript", ts, 512)
     assert snippet.startswith("// Compare this snippet from prices.js:")
     assert OpenFiles().snippets(PREFIX, "python", [doc("prices.js", PRICES, "javascript")], 512) == []
+    # Many newer documents of another language do not crowd out an older one of this language.
+    newer = [doc(f"page{i}.js", PRICES, "javascript") for i in range(30)]
+    assert OpenFiles().snippets(PREFIX, "python", [*newer, doc("prices.py", PRICES)], 512) != []
     # No line comment known for the language: nothing (a snippet would read as code).
     assert OpenFiles().snippets(PREFIX, "markdown", [doc("a.md", PRICES, "markdown")], 512) == []
 
