@@ -26,6 +26,7 @@ import hashlib
 import importlib.metadata as metadata
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -223,7 +224,7 @@ def collect_corpus(max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str
 def _spread(files: list[Path], root: Path) -> list[Path]:
     """`files` in the order of a hash of their path under `root`: a source cut at its cap is a sample of
     all of it (in path order the standard library stopped at `encodings/`), the same on every machine."""
-    return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
+    return sorted(files, key=lambda p: hashlib.sha1(os.path.relpath(p, root).encode()).hexdigest())
 
 
 def corpus_from_file(path: Path, max_bytes: int) -> tuple[list[tuple[str, str]], list[dict[str, object]]]:
@@ -544,7 +545,11 @@ def load_training_state(
     if "examples_rng" in state and (folder / "generator.safetensors").is_file():
         version, internal, gauss = state["examples_rng"]
         rng.setstate((version, tuple(internal), gauss))
-        generator.set_state(load_file(folder / "generator.safetensors")["noise"])
+        noise = load_file(folder / "generator.safetensors")["noise"]
+        if noise.shape == generator.get_state().shape:  # a CUDA generator's state is no CPU one's
+            generator.set_state(noise)
+        else:
+            generator.manual_seed(generator.initial_seed() + step)
     else:  # a checkpoint from before the streams were saved: new examples, not the first run's again
         seed = generator.initial_seed() + step  # main seeds both streams alike
         rng.seed(seed)
@@ -618,12 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
 
     max_bytes = int(args.corpus_mb * 1e6)
-    try:
-        corpus, manifest = (
-            corpus_from_file(args.corpus, max_bytes) if args.corpus else collect_corpus(max_bytes)
-        )
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:  # gzip's and json's errors included
-        parser.error(f"--corpus {args.corpus}: cannot read or write it as a corpus file ({exc!r})")
+    if args.corpus:
+        try:
+            corpus, manifest = corpus_from_file(args.corpus, max_bytes)
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:  # gzip's and json's errors too
+            parser.error(f"--corpus {args.corpus}: cannot read or write it as a corpus file ({exc!r})")
+    else:
+        corpus, manifest = collect_corpus(max_bytes)
     train_texts, heldout = split_heldout(corpus)
     (work / "heldout.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout))
     tasks = heldout_tasks(heldout, 300, args.seed) if heldout else []
@@ -656,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = DiffusionGemmaForBlockDiffusion(make_config(size))
         kept = work / "init_manifest.json"
-        earlier = json.loads(kept.read_text()) if args.resume and kept.is_file() else None
+        if not args.resume:  # a fresh run in this work folder: an earlier run's --init is not this one's
+            kept.unlink(missing_ok=True)
+        earlier = json.loads(kept.read_text()) if kept.is_file() else None
     model = model.to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     generator = torch.Generator(device=device).manual_seed(args.seed)

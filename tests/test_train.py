@@ -20,6 +20,7 @@ from dgemma_lsp.model.train import (
     SIZES,
     Batch,
     Examples,
+    _spread,
     collect_corpus,
     corpus_from_file,
     diffusion_loss,
@@ -227,6 +228,22 @@ def test_train_resume_and_load(tmp_path: Path) -> None:
     assert main([*common[2:], "--out", str(further), "--steps", "2", "--resume"]) == 0
     info = json.loads((further / "corpus_manifest.json").read_text())
     assert info["training"]["steps"] == 2 and info["training"]["continued_from"]["training"]["steps"] == 3
+    # A fresh run in that folder, then resumed: it continued from nothing, whatever ran there before.
+    assert main([*common[2:], "--out", str(further), "--steps", "1"]) == 0
+    assert main([*common[2:], "--out", str(further), "--steps", "2", "--resume"]) == 0
+    assert "continued_from" not in json.loads((further / "corpus_manifest.json").read_text())["training"]
+
+
+def test_a_source_is_sampled_by_its_paths_wherever_its_files_lie(tmp_path: Path) -> None:
+    root = tmp_path / "site-packages"
+    files = [root / "pkg" / f"m{i}.py" for i in range(20)] + [
+        root / ".." / "bin" / "x.py",
+        Path("/opt/x/y.py"),
+    ]
+    spread = _spread(files, root)  # RECORD may name files outside the package's folder, even absolute ones
+    assert (
+        sorted(spread) == sorted(files) and spread != files and _spread(list(reversed(files)), root) == spread
+    )
 
 
 def test_a_resumed_run_trains_as_an_uninterrupted_one_even_after_a_save_was_cut(tmp_path: Path) -> None:
