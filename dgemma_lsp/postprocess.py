@@ -157,7 +157,8 @@ def _auto_closed_overlap(line_prefix: str, text: str, tail: str, language: str |
     some of them already: `def f(` + `a, b):` before `)`. The ones `text` closes are replaced rather
     than left to be doubled; those still owed stay. A comment after them (`)  # note`) stays as it is.
     """
-    tail = without_line_comment(tail, language).rstrip()
+    # Read from the line's start, so that a closing quote in `tail` is not taken to open a string.
+    tail = without_line_comment(line_prefix + tail, language)[len(line_prefix) :].rstrip()
     if not tail.strip() or _AUTO_CLOSED_TAIL.fullmatch(tail) is None:
         return None
     owed, closers = _owed_closers(line_prefix, language), _closers_in(tail)
@@ -330,7 +331,7 @@ def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
     if not line_prefix.strip():  # a cursor in the indentation: the first line's own indentation is ours too
         body = first.lstrip(" \t")
         indent = line_prefix + first[: len(first) - len(body)]
-        wanted = _indent(indent_width(indent), style)
+        wanted = _by_levels(indent, style) if "\t" in indent else _indent(len(indent), style)
         if body and wanted != indent and wanted.startswith(line_prefix):
             first = wanted[len(line_prefix) :] + body
     out = [first]
@@ -340,11 +341,7 @@ def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
         if not body:
             out.append("")
         elif "\t" in indent:
-            tabs = indent.count("\t")
-            spaces = len(indent) - tabs
-            out.append(
-                (" " * (tabs * style.size) if style.insert_spaces else "\t" * tabs) + " " * spaces + body
-            )
+            out.append(_by_levels(indent, style) + body)
         else:
             width = len(indent)
             levels, extra = divmod(width - base, step)
@@ -352,6 +349,12 @@ def reindent(text: str, style: Indentation, line_prefix: str = "") -> str:
                 width = base + levels * style.size
             out.append(_indent(width, style) + body)
     return "\n".join(out)
+
+
+def _by_levels(indent: str, style: Indentation) -> str:
+    """Indentation with tabs in it in `style`, a tab for a level (its spaces kept as they are)."""
+    tabs = indent.count("\t")
+    return (" " * (tabs * style.size) if style.insert_spaces else "\t" * tabs) + " " * (len(indent) - tabs)
 
 
 def _indent(width: int, style: Indentation) -> str:

@@ -116,6 +116,7 @@ def test_a_line_start_middle_without_a_newline_stays_on_the_line() -> None:
         # A comment after them stays (it made the tail look like code: `f(x))  # note`).
         ("s = f(<|cursor|>)  # note\n", "python", "x)", "s = f(x)  # note\n"),
         ("foo(<|cursor|>); // why\n", "c", "a, b);", "foo(a, b); // why\n"),
+        ('print("hello<|cursor|>")  # greet\n', "python", ' world")', 'print("hello world")  # greet\n'),
     ],
 )
 def test_auto_closed_brackets_and_quotes_are_replaced_not_doubled(
@@ -672,3 +673,13 @@ def test_a_block_in_markdown_keeps_all_its_lines() -> None:
         assert ctx.scope == "block" and ctx.block_indent is None
         found = finish(raw, ctx)
         assert found is not None and found.text == raw
+
+
+def test_a_first_lines_tabs_are_levels_like_the_other_lines() -> None:
+    two = Indentation(insert_spaces=True, size=2)
+    # It counted a tab as 4 columns, the lines below as one level: the body landed level with its `if`.
+    assert reindent("\tif x:\n\t\ty = 1\n\tz = 2", two, "") == "  if x:\n    y = 1\n  z = 2"
+    assert (
+        reindent("\tif x:\n\t\ty = 1", Indentation(insert_spaces=True, size=8), "")
+        == "        if x:\n" + " " * 16 + "y = 1"
+    )
