@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,11 +71,6 @@ def identifiers(text: str) -> frozenset[str]:
     return frozenset(w for w in _IDENTIFIER.findall(text) if w.lower() not in _COMMON)
 
 
-def similarity(a: frozenset[str], b: frozenset[str]) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else 0.0
-
-
 @dataclass(frozen=True)
 class OpenDocument:
     uri: str
@@ -90,27 +86,44 @@ class _Window:
     names: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _Index:
+    """A document's windows and, per name, the windows that hold it: a request scores only the windows
+    that share a name with it (scoring every window of 20 large files took 100 ms a request)."""
+
+    text: str  # the text it was made from
+    windows: list[_Window]
+    holding: dict[str, list[int]]
+    lines: set[str]  # its code lines (`_code_lines`)
+
+
 class OpenFiles:
     """Picks snippets for a cursor. Keeps each document's windows until its text changes."""
 
     def __init__(self) -> None:
-        self._windows: dict[str, tuple[str, list[_Window]]] = {}
+        self._indexes: dict[str, _Index] = {}
 
     def forget(self, uri: str) -> None:
-        self._windows.pop(uri, None)
+        self._indexes.pop(uri, None)
 
     def snippets(
-        self, prefix: str, language: str | None, others: Iterable[OpenDocument], max_tokens: int
+        self,
+        prefix: str,
+        language: str | None,
+        others: Iterable[OpenDocument],
+        max_tokens: int,
     ) -> list[str]:
         """Commented-out windows of `others` most like the lines above the cursor, at most `max_tokens`
-        (estimated) in all, the most similar last (nearest the code it is like)."""
+        (estimated) in all, the most similar last (nearest the code it is like). A document that holds half
+        the lines above the cursor (another copy of this file, a diff's other side) is left out: the model
+        would repeat it."""
         comment = LINE_COMMENTS.get(language or "")
         if comment is None or max_tokens < 1:
             return []
         # The lines above the cursor line: the choice stays the same while a line is typed, so the
         # model's cache of the prompt holds.
         above = prefix[: prefix.rfind("\n") + 1].splitlines()[-WINDOW_LINES:]
-        names = identifiers("\n".join(above))
+        names, near = identifiers("\n".join(above)), _code_lines("\n".join(above))
         if not names:
             return []
         family = _FAMILIES.get(language or "", language)
@@ -122,41 +135,57 @@ class OpenFiles:
         )
         scored = []
         for doc in itertools.islice(searched, MAX_DOCUMENTS):
-            for window in self._windows_of(doc):
-                score = similarity(names, window.names)
+            index = self._index_of(doc)
+            if len(near) >= 5 and len(near & index.lines) >= 0.8 * len(near):
+                continue
+            shared: Counter[int] = Counter()
+            for name in names:
+                shared.update(index.holding.get(name, ()))
+            for i, count in shared.items():
+                window = index.windows[i]
+                score = count / (len(names) + len(window.names) - count)  # Jaccard
                 if MIN_SIMILARITY <= score <= MAX_SIMILARITY:
-                    scored.append((score, doc.name, window))
+                    scored.append((score, doc, window))
         scored.sort(key=lambda s: -s[0])
         chosen: list[str] = []
         taken: dict[str, list[int]] = {}
         used = 0
-        for _, name, window in scored:
+        for _, doc, window in scored:
             if len(chosen) == MAX_SNIPPETS:
                 break
-            if any(abs(window.start - start) < WINDOW_LINES for start in taken.get(name, [])):
+            if any(abs(window.start - start) < WINDOW_LINES for start in taken.get(doc.uri, [])):
                 continue  # overlaps a window of the same file already chosen
-            snippet = render(name, window.text, comment)
+            snippet = render(doc.name, window.text, comment)
             cost = approx_token_count(snippet)
             if used + cost > max_tokens:
                 continue
             used += cost
             chosen.append(snippet)
-            taken.setdefault(name, []).append(window.start)
+            taken.setdefault(doc.uri, []).append(window.start)
         return chosen[::-1]
 
-    def _windows_of(self, doc: OpenDocument) -> list[_Window]:
-        cached = self._windows.get(doc.uri)
-        if cached is not None and cached[0] is doc.text:
-            return cached[1]
+    def _index_of(self, doc: OpenDocument) -> _Index:
+        cached = self._indexes.get(doc.uri)
+        if cached is not None and cached.text is doc.text:
+            return cached
         lines = [] if "\x00" in doc.text else doc.text.splitlines()  # binary: nothing to offer
         step = WINDOW_LINES // 2
-        windows = []
+        windows: list[_Window] = []
+        holding: dict[str, list[int]] = {}
         for start in range(0, max(1, len(lines) - step), step):
             text = "\n".join(lines[start : start + WINDOW_LINES]).strip("\n")
             if text.strip():
-                windows.append(_Window(start, text, identifiers(text)))
-        self._windows[doc.uri] = (doc.text, windows)
-        return windows
+                window = _Window(start, text, identifiers(text))
+                for name in window.names:
+                    holding.setdefault(name, []).append(len(windows))
+                windows.append(window)
+        index = self._indexes[doc.uri] = _Index(doc.text, windows, holding, _code_lines(doc.text))
+        return index
+
+
+def _code_lines(text: str) -> set[str]:
+    """The lines of `text` long enough to tell one piece of code from another, stripped."""
+    return {stripped for line in text.splitlines() if len(stripped := line.strip()) >= 8}
 
 
 def render(name: str, text: str, comment: str) -> str:

@@ -79,3 +79,19 @@ def test_a_changed_document_is_read_again() -> None:
     assert files.snippets(PREFIX, "python", [doc("prices.py", FILLER + PRICES)], 512) != []
     files.forget("file:///w/prices.py")
     assert files.snippets(PREFIX, "python", [doc("prices.py", FILLER)], 512) == []
+
+
+def test_a_copy_of_this_file_is_left_out_wherever_its_windows_fall() -> None:
+    # Windows step 10 lines, the cursor anywhere: a copy's window half made of the lines above scored
+    # about 0.33, under the near-copy bound, and went in.
+    source = "".join(f"total_{i} = price_{i} * quantity_{i} + shipping_{i % 7}\n" for i in range(200))
+    lines = source.splitlines(keepends=True)
+    for cursor in (95, 100, 103):
+        prefix = "".join(lines[:cursor])
+        assert OpenFiles().snippets(prefix, "python", [doc("copy/cart.py", source)], 512) == [], cursor
+
+
+def test_files_of_the_same_name_are_told_apart() -> None:
+    a = OpenDocument("file:///w/a/prices.py", "prices.py", "python", PRICES)
+    b = OpenDocument("file:///w/b/prices.py", "prices.py", "python", PRICES.replace("minimum_price", "floor"))
+    assert len(OpenFiles().snippets(PREFIX, "python", [a, b], 512)) == 2  # one was taken for the other
