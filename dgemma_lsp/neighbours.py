@@ -28,30 +28,10 @@ MAX_DOCUMENTS = 20  # of the language's, the most recently opened or edited
 # Line comments by tree-sitter language: a snippet is commented out so that the prompt stays one valid
 # file. A language missing here gets no snippets.
 LINE_COMMENTS = {
-    **dict.fromkeys(("python", "ruby", "bash", "r", "perl", "make", "toml", "yaml", "dockerfile"), "#"),
-    **dict.fromkeys(
-        (
-            "javascript",
-            "typescript",
-            "tsx",
-            "c",
-            "cpp",
-            "cuda",
-            "objc",
-            "csharp",
-            "java",
-            "go",
-            "rust",
-            "kotlin",
-            "swift",
-            "scala",
-            "php",
-            "dart",
-            "zig",
-        ),
-        "//",
-    ),  # fmt: skip
-    **dict.fromkeys(("lua", "sql", "haskell", "elm"), "--"),
+    **dict.fromkeys("python ruby bash r perl make toml yaml dockerfile".split(), "#"),
+    **dict.fromkeys("javascript typescript tsx c cpp cuda objc csharp java go rust".split(), "//"),
+    **dict.fromkeys("kotlin swift scala php dart zig".split(), "//"),
+    **dict.fromkeys("lua sql haskell elm".split(), "--"),
 }
 # Languages whose files use each other's code.
 _FAMILIES = {"typescript": "javascript", "tsx": "javascript", "cpp": "c", "cuda": "c", "objc": "c"}

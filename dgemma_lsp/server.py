@@ -549,6 +549,7 @@ class DgemmaServer(LanguageServer):
         return self.open_files.snippets(ctx.prefix, ctx.language, others, self.open_files_tokens())
 
     def open_files_tokens(self) -> int:
+        """The `openFilesTokens` in effect (its default depends on the model's size)."""
         if self.options.open_files_tokens is not None:
             return self.options.open_files_tokens
         loaded = self.engine.loaded
