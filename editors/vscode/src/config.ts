@@ -33,6 +33,7 @@ export const SERVER_OPTIONS = [
   "candidates",
   "speculate",
   "syntaxCheck",
+  "openFilesTokens",
 ] as const;
 
 /** What the extension reads settings through: `vscode.WorkspaceConfiguration` has this shape. */
