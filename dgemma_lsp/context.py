@@ -163,8 +163,8 @@ class SyntaxSnapshot:
         # error tree-sitter put on the next line (Go's `y := ` before `return`), which a wrong middle moves
         # onto its own lines (`y := x + (1`) without adding a node.
         before_last = start_byte + _utf8_len(self.text[self.offset : line_end])
-        if has_error_starting_within(root, first_byte, last_byte) and not has_error_starting_within(
-            self.tree.root_node, first_byte, before_last
+        if has_error_within(root, first_byte, last_byte, starting=True) and not has_error_within(
+            self.tree.root_node, first_byte, before_last, starting=True
         ):
             return True
         # Lines wholly the middle's: from the cursor line when only indentation precedes the cursor, else
@@ -357,31 +357,17 @@ def count_errors(root: tree_sitter.Node) -> int:
     return count
 
 
-def has_error_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> bool:
+def has_error_within(root: tree_sitter.Node, start_byte: int, end_byte: int, starting: bool = False) -> bool:
     """Whether an ERROR or MISSING node lies wholly in bytes `start_byte`..`end_byte` (some lines: an
     error that reaches beyond them is not theirs, such as an unclosed bracket above or a block whose body
-    is still to come)."""
+    is still to come); with `starting`, one that starts there."""
     stack = [root]
     while stack:
         node = stack.pop()
         if node.end_byte < start_byte or node.start_byte > end_byte:
             continue
-        within = start_byte <= node.start_byte and node.end_byte <= end_byte
+        within = start_byte <= node.start_byte and (starting or node.end_byte <= end_byte)
         if within and (node.is_error or node.is_missing):
-            return True
-        if node.has_error:
-            stack.extend(node.children)
-    return False
-
-
-def has_error_starting_within(root: tree_sitter.Node, start_byte: int, end_byte: int) -> bool:
-    """Whether an ERROR or MISSING node starts in bytes `start_byte`..`end_byte`."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node.end_byte < start_byte or node.start_byte > end_byte:
-            continue
-        if start_byte <= node.start_byte and (node.is_error or node.is_missing):
             return True
         if node.has_error:
             stack.extend(node.children)

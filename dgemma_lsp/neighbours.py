@@ -102,8 +102,8 @@ class OpenFiles:
             return []
         # The lines above the cursor line: the choice stays the same while a line is typed, so the
         # model's cache of the prompt holds.
-        above = prefix[: prefix.rfind("\n") + 1].splitlines()[-WINDOW_LINES:]
-        names, near = identifiers("\n".join(above)), _code_lines("\n".join(above))
+        above = "\n".join(prefix[: prefix.rfind("\n") + 1].splitlines()[-WINDOW_LINES:])
+        names, near = identifiers(above), _code_lines(above)
         if not names:
             return []
         family = _FAMILIES.get(language or "", language)

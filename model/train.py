@@ -123,19 +123,15 @@ def permissive(licence: str) -> bool:
     licence = re.sub(r"Historical Permission Notice and Disclaimer", "HPND", licence, flags=re.IGNORECASE)
     words = re.findall(r"[()]|[^()\s]+", licence)
 
-    def expression() -> bool:  # terms joined by OR, each terms joined by AND
-        alternatives = [conjunction()]
-        while words and words[0].upper() == "OR":
+    def joined(operator: str, operand: Callable[[], bool], combine: Callable[[list[bool]], bool]) -> bool:
+        values = [operand()]
+        while words and words[0].upper() == operator:
             words.pop(0)
-            alternatives.append(conjunction())
-        return any(alternatives)
+            values.append(operand())
+        return combine(values)
 
-    def conjunction() -> bool:
-        terms = [term()]
-        while words and words[0].upper() == "AND":
-            words.pop(0)
-            terms.append(term())
-        return all(terms)
+    def expression() -> bool:  # terms joined by OR, each of terms joined by AND
+        return joined("OR", lambda: joined("AND", term, all), any)
 
     def term() -> bool:
         if words and words[0] == "(":
@@ -542,18 +538,20 @@ def load_training_state(
         optim.state[params[name]][field] = value.to(params[name].device)
     state = json.loads((folder / "state.json").read_text())
     step = int(state["step"])
-    if "examples_rng" in state and (folder / "generator.safetensors").is_file():
+    # A stream not saved (a checkpoint from before they were) starts anew: new examples, not the first
+    # run's again. main seeds both streams alike.
+    fresh = generator.initial_seed() + step
+    if "examples_rng" in state:
         version, internal, gauss = state["examples_rng"]
         rng.setstate((version, tuple(internal), gauss))
-        noise = load_file(folder / "generator.safetensors")["noise"]
-        if noise.shape == generator.get_state().shape:  # a CUDA generator's state is no CPU one's
-            generator.set_state(noise)
-        else:
-            generator.manual_seed(generator.initial_seed() + step)
-    else:  # a checkpoint from before the streams were saved: new examples, not the first run's again
-        seed = generator.initial_seed() + step  # main seeds both streams alike
-        rng.seed(seed)
-        generator.manual_seed(seed)
+    else:
+        rng.seed(fresh)
+    saved = folder / "generator.safetensors"
+    noise = load_file(saved)["noise"] if saved.is_file() else None
+    if noise is not None and noise.shape == generator.get_state().shape:  # a CUDA state is no CPU one
+        generator.set_state(noise)
+    else:
+        generator.manual_seed(fresh)
     return step, float(state.get("minutes", 0.0))
 
 
