@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
 
 from . import sampler
 from .prompt import FimOrder
@@ -100,10 +101,15 @@ class SamplerSettings:
             fields["eos_token_ids"] = tuple(_number(where, "eos_token_id", i, int) for i in ids)
         if pad is not None:
             fields["pad_token_id"] = _number(where, "pad_token_id", pad, int)
+        if gen:  # transformers' own check too: a file one backend takes (`entropy_bound: 1`), both take
+            try:
+                DiffusionGemmaGenerationConfig.from_pretrained(folder, local_files_only=True)
+            except Exception as exc:  # noqa: BLE001 - its validators raise ValueError, its loaders others
+                raise ValueError(f"{where}: {exc}") from exc
         try:
             return cls(**fields)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{folder / GENERATION_CONFIG}: {exc}") from exc
+            raise ValueError(f"{where}: {exc}") from exc
 
 
 def _number(path: Path, name: str, value: Any, kind: type[int] | type[float]) -> Any:

@@ -11,6 +11,7 @@ import torch
 
 from dgemma_lsp.model.checkpoint import ModelLoadError, load_checkpoint, read_languages, resolve_device
 from dgemma_lsp.model.denoise import SamplerSettings
+from dgemma_lsp.model.load import load_fast
 from dgemma_lsp.options import BUNDLED_MODEL
 
 
@@ -202,6 +203,19 @@ def test_ill_typed_generation_config_values_are_named(copy_of: Path, values: dic
     path.write_text(json.dumps(json.loads(path.read_text()) | values))
     with pytest.raises(ModelLoadError, match=f"generation_config.json: `{field}` must be"):
         load_checkpoint(copy_of)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_generation_config_refused_by_transformers_is_refused_by_both(copy_of: Path, backend: str) -> None:
+    # An integer entropy bound loaded on the fast backend, and on the reference one failed as
+    # "Could not load the weights": transformers' generation config refuses it.
+    path = copy_of / "generation_config.json"
+    values = json.loads(path.read_text())
+    values["sampler_config"]["entropy_bound"] = 1
+    path.write_text(json.dumps(values))
+    load = load_checkpoint if backend == "reference" else load_fast
+    with pytest.raises(ModelLoadError, match=r"Bad sampler settings: .*json: `entropy_bound` must be a"):
+        load(copy_of)
 
 
 def test_settings_from_generation_config(tmp_path: Path) -> None:
