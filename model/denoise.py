@@ -101,10 +101,10 @@ class SamplerSettings:
             fields["eos_token_ids"] = tuple(_number(where, "eos_token_id", i, int) for i in ids)
         if pad is not None:
             fields["pad_token_id"] = _number(where, "pad_token_id", pad, int)
-        if gen:  # transformers' own check too: a file one backend takes (`entropy_bound: 1`), both take
+        if gen:  # transformers' own check too, so both backends take the same files (`entropy_bound: 1`)
             try:
                 DiffusionGemmaGenerationConfig.from_pretrained(folder, local_files_only=True)
-            except Exception as exc:  # noqa: BLE001 - its validators raise ValueError, its loaders others
+            except Exception as exc:  # its validators raise ValueError, its loaders other types
                 raise ValueError(f"{where}: {exc}") from exc
         try:
             return cls(**fields)
