@@ -111,7 +111,10 @@ def test_expert_mlp_several_tiles_and_k_steps(dtype: torch.dtype, fp8: bool) -> 
         x, weights, index, gate_up, down, gate_up_scale, down_scale, block_m=16, block_n=16, block_k=16
     )
     expected = reference.expert_mlp(x, weights, index, gate_up, down, gate_up_scale, down_scale)
-    assert_close(out, expected, dtype)
+    # Dequantised FP8 weights, bf16 between the GEMMs: a rounding flipped there by another summation order
+    # moves an output by a few ulps.
+    loose = (3e-2, 3e-2) if fp8 and dtype == torch.bfloat16 else None
+    assert_close(out, expected, dtype, tolerance=loose)
 
 
 def test_expert_mlp_empty_experts_and_int32_index() -> None:
