@@ -27,8 +27,10 @@ def _interpreter_rounds_bf16_to_nearest_even() -> None:
 
     def cast_impl(self, src, dst_type):  # type: ignore[no-untyped-def]
         if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32)
-            nearest_even = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16  # NaN and inf stay so
+            values = np.ascontiguousarray(src.data, dtype=np.float32)
+            bits = values.view(np.uint32)
+            nearest_even = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16  # inf stays inf
+            nearest_even = np.where(np.isnan(values), 0x7FC0, nearest_even)  # a NaN's payload could carry
             return interpreter.TensorHandle(nearest_even.astype(np.uint16), tl.bfloat16)
         return truncating(self, src, dst_type)
 
