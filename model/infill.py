@@ -18,18 +18,21 @@ from .checkpoint import LoadedModel
 from .denoise import DenoiseResult, denoise
 from .dgemma import DGemma
 from .fast import CacheSlots, Layout, denoise_fast
-from .prompt import FENCE, PromptMode, _encode, build_prompt_parts, stop_strings, stop_token_ids
+from .prompt import (
+    FENCE,
+    PromptMode,
+    _encode,
+    build_prompt_parts,
+    clamped_suffix_tokens,
+    stop_strings,
+    stop_token_ids,
+)
 
 log = logging.getLogger(__name__)
 
 # "plain": the suffix is only in the prompt; "clamped": its first tokens are also held fixed in the canvas
 # right after the middle; "lengths": clamped, with several middle lengths denoised as one batch.
 CanvasMode = Literal["plain", "clamped", "lengths"]
-
-
-def clamped_suffix_tokens(canvas_length: int) -> int:
-    """How many suffix tokens the clamped modes hold fixed at the end of the canvas (training agrees)."""
-    return min(16, canvas_length // 4)
 
 
 @dataclass

@@ -23,6 +23,13 @@ PromptMode = Literal["auto", "fim", "chat", "plain"]
 # checkpoint's config.json says which it was trained with ("fim_order"); PSM when it does not.
 FimOrder = Literal["psm", "spm"]
 
+
+def clamped_suffix_tokens(canvas_length: int) -> int:
+    """How many suffix tokens the clamped canvas modes hold fixed at the end of the canvas: the layout that
+    training (model/train.py) and infilling (model/infill.py) share."""
+    return min(16, canvas_length // 4)
+
+
 # Markers that end a turn in common chat formats (Gemma 4 first); cut there if the model writes them as text.
 END_OF_TURN_TEXTS = ("<turn|>", "<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 # Single tokens that end the middle: end of turn, a new FIM document, end of file.

@@ -21,11 +21,13 @@ the FIM ones with the suffix clamped into the canvas after the middle (clean, no
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gzip
 import hashlib
 import importlib.metadata as metadata
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -44,7 +46,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
 
 from dgemma_lsp.model.config import TINY_VISION
-from dgemma_lsp.model.infill import clamped_suffix_tokens
+from dgemma_lsp.model.prompt import clamped_suffix_tokens
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
@@ -426,6 +428,49 @@ class Examples:
         )
 
 
+_EXAMPLES: Examples | None = None  # a worker process's copy, inherited through fork
+
+
+def _step_batch(n: int, seed: int, step: int, examples: Examples | None = None) -> Batch:
+    """Step ``step``'s batch, from a random stream of its own: the same for any number of workers, and a
+    --resume takes up the examples where the run left them."""
+    examples = examples or _EXAMPLES
+    examples.rng = random.Random(f"{seed}/{step}")
+    return examples.batch(n, torch.device("cpu"))
+
+
+class Batches:
+    """The training batches, made by ``workers`` processes a few steps ahead of the one that takes them (no
+    workers: in line). Tokenizing the prefixes and suffixes of 256 examples takes a CPU core about 0.2 s,
+    longer than a GPU trains on them."""
+
+    def __init__(self, examples: Examples, n: int, seed: int, workers: int) -> None:
+        global _EXAMPLES
+        self.examples, self.n, self.seed, self.depth = examples, n, seed, 2 * workers
+        self.pending: dict[int, concurrent.futures.Future[Batch]] = {}
+        self.pool = None
+        if workers > 0:
+            _EXAMPLES = examples
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children tokenize one by one
+            # Forked, the workers share the corpus instead of unpickling it; they never touch CUDA.
+            context = multiprocessing.get_context("fork")
+            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+
+    def get(self, step: int, device: torch.device) -> Batch:
+        if self.pool is None:
+            batch = _step_batch(self.n, self.seed, step, self.examples)
+        else:
+            for ahead in range(step, step + self.depth):
+                if ahead not in self.pending:
+                    self.pending[ahead] = self.pool.submit(_step_batch, self.n, self.seed, ahead)
+            batch = self.pending.pop(step).result()
+        return Batch(*(x.to(device) for x in (batch.prompt, batch.canvas, batch.scored)))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 # --- training -------------------------------------------------------------------------------------------
 
 
@@ -489,11 +534,10 @@ def save_training_state(
     optim: torch.optim.Optimizer,
     step: int,
     minutes: float,
-    rng: random.Random,
     generator: torch.Generator,
 ) -> None:
-    """Weights, optimizer and both random streams at `step`, written beside `folder` and then swapped in:
-    a run killed while saving keeps its last whole checkpoint."""
+    """Weights, optimizer and the noise's random stream at `step`, written beside `folder` and then
+    swapped in: a run killed while saving keeps its last whole checkpoint."""
     fresh, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
@@ -504,10 +548,8 @@ def save_training_state(
     }
     save_file({k: v.contiguous() for k, v in state.items()}, fresh / "optimizer.safetensors")
     save_file({"noise": generator.get_state()}, fresh / "generator.safetensors")
-    version, internal, gauss = rng.getstate()
-    (fresh / "state.json").write_text(  # last: a folder with state.json is whole
-        json.dumps({"step": step, "minutes": minutes, "examples_rng": [version, list(internal), gauss]})
-    )
+    # Last: a folder with state.json is whole. The examples need no state: each step's has its own seed.
+    (fresh / "state.json").write_text(json.dumps({"step": step, "minutes": minutes}))
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
@@ -526,11 +568,11 @@ def load_training_state(
     folder: Path,
     model: torch.nn.Module,
     optim: torch.optim.Optimizer,
-    rng: random.Random,
     generator: torch.Generator,
 ) -> tuple[int, float]:
-    """Restores the weights, optimizer and random streams; returns the steps and minutes of training
-    behind them. The streams carry on where they were, so a resumed run trains as an uninterrupted one."""
+    """Restores the weights, optimizer and the noise's random stream; returns the steps and minutes of
+    training behind them. The stream carries on where it was and each step's examples have their own seed,
+    so a resumed run trains as an uninterrupted one."""
     load_model(model, str(folder / "model.safetensors"))
     params = dict(model.named_parameters())
     for key, value in load_file(folder / "optimizer.safetensors").items():
@@ -538,20 +580,12 @@ def load_training_state(
         optim.state[params[name]][field] = value.to(params[name].device)
     state = json.loads((folder / "state.json").read_text())
     step = int(state["step"])
-    # A stream not saved (a checkpoint from before they were) starts anew: new examples, not the first
-    # run's again. main seeds both streams alike.
-    fresh = generator.initial_seed() + step
-    if "examples_rng" in state:
-        version, internal, gauss = state["examples_rng"]
-        rng.setstate((version, tuple(internal), gauss))
-    else:
-        rng.seed(fresh)
     saved = folder / "generator.safetensors"
     noise = load_file(saved)["noise"] if saved.is_file() else None
     if noise is not None and noise.shape == generator.get_state().shape:  # a CUDA state is no CPU one
         generator.set_state(noise)
-    else:
-        generator.manual_seed(fresh)
+    else:  # not saved, or saved on another kind of device: a new stream, not the first run's again
+        generator.manual_seed(generator.initial_seed() + step)
     return step, float(state.get("minutes", 0.0))
 
 
@@ -597,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--draws", type=int, default=1, help="noised copies of each canvas per encoded prompt"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes making batches ahead (default: none on a CPU, up to 16 on a GPU)",
+    )
     args = parser.parse_args(argv)
 
     size = SIZES[args.size]
@@ -618,7 +657,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"cannot write {folder}: {exc}")
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
 
     max_bytes = int(args.corpus_mb * 1e6)
     if args.corpus:
@@ -647,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
     # Code is data: a sentinel spelled out in a file is text, as the server tokenizes it.
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # noqa: E731
-    examples = Examples(train_texts, size, ids, encode, rng)
+    examples = Examples(train_texts, size, ids, encode, random.Random(args.seed))
 
     if args.init is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)
@@ -668,13 +706,17 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     step, minutes = 0, 0.0
     if resume_from is not None:
-        step, minutes = load_training_state(resume_from, model, optim, rng, generator)
+        step, minutes = load_training_state(resume_from, model, optim, generator)
     # The clock counts the training before a --resume, so a resumed run finishes the schedule it was in.
     warmup, started, deadline = 100, time.perf_counter() - 60 * minutes, None
     if args.minutes is not None:
         deadline = started + 60 * args.minutes
     total = args.steps
     losses: list[float] = []
+    workers = args.workers
+    if workers is None:  # a GPU step outruns one core's batches; a CPU's cores train
+        workers = min(16, (os.cpu_count() or 2) - 2) if device.type == "cuda" else 0
+    batches = Batches(examples, batch, args.seed, max(0, workers))
 
     def trained_minutes() -> float:
         return (time.perf_counter() - started) / 60
@@ -684,22 +726,25 @@ def main(argv: list[str] | None = None) -> int:
             return step / total
         return min(1.0, (time.perf_counter() - started) / (deadline - started))
 
-    while step < total and (deadline is None or time.perf_counter() < deadline):
-        lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * done()))
-        for group in optim.param_groups:
-            group["lr"] = args.lr * max(lr_scale, 0.05)
-        loss = diffusion_loss(model, examples.batch(batch, device), generator, args.draws)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        step += 1
-        losses.append(loss.item())
-        progress(step, done(), sum(losses[-50:]) / len(losses[-50:]), started)
-        if step % args.checkpoint_every == 0:
-            save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), rng, generator)
+    try:
+        while step < total and (deadline is None or time.perf_counter() < deadline):
+            lr_scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * done()))
+            for group in optim.param_groups:
+                group["lr"] = args.lr * max(lr_scale, 0.05)
+            loss = diffusion_loss(model, batches.get(step, device), generator, args.draws)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            step += 1
+            losses.append(loss.item())
+            progress(step, done(), sum(losses[-50:]) / len(losses[-50:]), started)
+            if step % args.checkpoint_every == 0:
+                save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), generator)
+    finally:
+        batches.close()
     print(file=sys.stderr)
-    save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), rng, generator)
+    save_training_state(work / "checkpoint", model, optim, step, trained_minutes(), generator)
     recent = losses[-50:] or [float("nan")]
     export(model, tokenizer, args.out, manifest, {
         "steps": step, "batch": batch, "draws": args.draws, "device": str(device), "size": args.size,

@@ -12,7 +12,8 @@ from dgemma_lsp import options
 from dgemma_lsp.cli import main
 from dgemma_lsp.engine import complete, load_model
 from dgemma_lsp.model.dgemma import DGemma
-from dgemma_lsp.model.infill import Infiller, clamped_suffix_tokens
+from dgemma_lsp.model.infill import Infiller
+from dgemma_lsp.model.prompt import clamped_suffix_tokens
 from dgemma_lsp.options import Options, parse_options
 
 KEYS = {"prefill_ms", "step_ms", "commit_ms", "completion_ms", "steps", "tokens_per_forward"}

@@ -19,6 +19,7 @@ from dgemma_lsp.model.train import (
     BANNED_PATH_PARTS,
     SIZES,
     Batch,
+    Batches,
     Examples,
     _spread,
     collect_corpus,
@@ -176,6 +177,25 @@ def test_draws_noise_each_canvas_again_for_one_encoding_of_its_prompt() -> None:
     assert not torch.equal(drawn, diffusion_loss(model, batch, torch.Generator().manual_seed(1)))
 
 
+def test_each_steps_batch_is_the_same_made_in_line_or_by_worker_processes() -> None:
+    """Batch i comes from a random stream of its own: the workers' count and the order steps are asked
+    for in change nothing, and a --resume at step i gets the batch the whole run had there."""
+    import random
+
+    encode = lambda text: [ord(c) for c in text]  # noqa: E731
+    examples = Examples([CODE], SIZES["toy"], IDS, encode, random.Random(0))
+    cpu = torch.device("cpu")
+    in_line, ahead = Batches(examples, 8, 7, workers=0), Batches(examples, 8, 7, workers=2)
+    try:
+        for step in (5, 6, 7, 3, 9):
+            a, b = in_line.get(step, cpu), ahead.get(step, cpu)
+            assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values(), strict=True))
+    finally:
+        ahead.close()
+    assert not torch.equal(in_line.get(5, cpu).prompt, in_line.get(6, cpu).prompt)
+    assert not torch.equal(in_line.get(5, cpu).prompt, Batches(examples, 8, 8, workers=0).get(5, cpu).prompt)
+
+
 def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens() -> None:
     """With a real BPE, "\n" and the next line's indentation are one token of the file; a cursor at the
     start of an indented line still gets a prompt ending in a lone "\n", as the server builds it."""
@@ -258,7 +278,8 @@ def test_a_resumed_run_trains_as_an_uninterrupted_one_even_after_a_save_was_cut(
     (work / "checkpoint").rename(work / "checkpoint.old")
     shutil.copytree(work / "checkpoint.old", work / "checkpoint.tmp")
     (work / "checkpoint.tmp" / "model.safetensors").write_bytes(b"\0" * 100)
-    assert main([*common, "--out", str(parts), "--steps", "4", "--resume"]) == 0
+    # Its batches made by worker processes now: the same batches as the whole run's, made in line.
+    assert main([*common, "--out", str(parts), "--steps", "4", "--resume", "--workers", "2"]) == 0
     a = load_file(tmp_path / "whole.work" / "checkpoint" / "model.safetensors")
     b = load_file(work / "checkpoint" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
