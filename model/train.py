@@ -449,6 +449,7 @@ class Batches:
         self.examples, self.n, self.seed, self.depth = examples, n, seed, 2 * workers
         self.pending: dict[int, concurrent.futures.Future[Batch]] = {}
         self.pool = None
+        self.waited = 0.0  # seconds the trainer spent waiting for batches: what more workers could save
         if workers > 0:
             _EXAMPLES = examples
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked children tokenize one by one
@@ -457,6 +458,7 @@ class Batches:
             self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
 
     def get(self, step: int, device: torch.device) -> Batch:
+        asked = time.perf_counter()
         if self.pool is None:
             batch = _step_batch(self.n, self.seed, step, self.examples)
         else:
@@ -464,6 +466,7 @@ class Batches:
                 if ahead not in self.pending:
                     self.pending[ahead] = self.pool.submit(_step_batch, self.n, self.seed, ahead)
             batch = self.pending.pop(step).result()
+        self.waited += time.perf_counter() - asked
         return Batch(*(x.to(device) for x in (batch.prompt, batch.canvas, batch.scored)))
 
     def close(self) -> None:
@@ -749,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     export(model, tokenizer, args.out, manifest, {
         "steps": step, "batch": batch, "draws": args.draws, "device": str(device), "size": args.size,
         "minutes": round(trained_minutes(), 1), "final_loss": sum(recent) / len(recent),
+        "waited_for_batches_minutes": round(batches.waited / 60, 2),
         **({"continued_from": earlier} if earlier else {}),
     })  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)
