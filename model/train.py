@@ -654,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--resume: {work / 'checkpoint'} holds no training checkpoint (see --work)")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: this torch has no CUDA device")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers {args.workers}: a count of processes, 0 for none")
     for folder in (work, args.out):  # before the slow steps, not when the trained model is written
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -718,8 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     losses: list[float] = []
     workers = args.workers
     if workers is None:  # a GPU step outruns one core's batches; a CPU's cores train
-        workers = min(16, (os.cpu_count() or 2) - 2) if device.type == "cuda" else 0
-    batches = Batches(examples, batch, args.seed, max(0, workers))
+        workers = max(0, min(16, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
+    batches = Batches(examples, batch, args.seed, workers)
 
     def trained_minutes() -> float:
         return (time.perf_counter() - started) / 60

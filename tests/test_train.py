@@ -294,6 +294,7 @@ def test_bad_arguments_are_usage_errors_before_the_corpus_is_built(tmp_path: Pat
         (["--corpus", str(garbage)], "cannot read or write it as a corpus file"),
         (["--out", str(tmp_path / "file" / "model")], "cannot write"),
         (["--device", "cdua"], "--device cdua"),
+        (["--workers", "-1"], "--workers -1"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA device"))
