@@ -442,7 +442,7 @@ def _step_batch(n: int, seed: int, step: int, examples: Examples | None = None) 
 class Batches:
     """The training batches, made by ``workers`` processes a few steps ahead of the one that takes them (no
     workers: in line). Tokenizing the prefixes and suffixes of 256 examples takes a CPU core about 0.2 s,
-    longer than a GPU trains on them."""
+    about as long as a whole step took in the last GPU run."""
 
     def __init__(self, examples: Examples, n: int, seed: int, workers: int) -> None:
         global _EXAMPLES
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     total = args.steps
     losses: list[float] = []
     workers = args.workers
-    if workers is None:  # a GPU step outruns one core's batches; a CPU's cores train
+    if workers is None:  # a GPU trains while the workers tokenize; a CPU's cores are busy training
         workers = max(0, min(16, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
     batches = Batches(examples, batch, args.seed, workers)
 
