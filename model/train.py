@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -431,12 +432,18 @@ class Examples:
 _EXAMPLES: Examples | None = None  # a worker process's copy, inherited through fork
 
 
-def _step_batch(n: int, seed: int, step: int, examples: Examples | None = None) -> Batch:
+def _step_batch(n: int, seed: int, step: int, examples: Examples) -> Batch:
     """Step ``step``'s batch, from a random stream of its own: the same for any number of workers, and a
     --resume takes up the examples where the run left them."""
-    examples = examples or _EXAMPLES
     examples.rng = random.Random(f"{seed}/{step}")
     return examples.batch(n, torch.device("cpu"))
+
+
+def _worker_batch(n: int, seed: int, step: int) -> tuple[np.ndarray, ...]:
+    """In a worker: the batch as numpy arrays, which pickle by value (tensors would go through shared
+    memory, which a container may not have)."""
+    batch = _step_batch(n, seed, step, _EXAMPLES)
+    return batch.prompt.numpy(), batch.canvas.numpy(), batch.scored.numpy()
 
 
 class Batches:
@@ -447,7 +454,7 @@ class Batches:
     def __init__(self, examples: Examples, n: int, seed: int, workers: int) -> None:
         global _EXAMPLES
         self.examples, self.n, self.seed, self.depth = examples, n, seed, 2 * workers
-        self.pending: dict[int, concurrent.futures.Future[Batch]] = {}
+        self.pending: dict[int, concurrent.futures.Future[tuple[np.ndarray, ...]]] = {}
         self.pool = None
         self.waited = 0.0  # seconds the trainer spent waiting for batches: what more workers could save
         if workers > 0:
@@ -464,8 +471,8 @@ class Batches:
         else:
             for ahead in range(step, step + self.depth):
                 if ahead not in self.pending:
-                    self.pending[ahead] = self.pool.submit(_step_batch, self.n, self.seed, ahead)
-            batch = self.pending.pop(step).result()
+                    self.pending[ahead] = self.pool.submit(_worker_batch, self.n, self.seed, ahead)
+            batch = Batch(*map(torch.from_numpy, self.pending.pop(step).result()))
         self.waited += time.perf_counter() - asked
         return Batch(*(x.to(device) for x in (batch.prompt, batch.canvas, batch.scored)))
 
