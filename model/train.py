@@ -357,8 +357,9 @@ class Examples:
         ids: dict[str, int],
         encode: Callable[[str], list[int]],
         rng: random.Random,
+        tokens: list[list[int]] | None = None,  # the texts' tokens, when encoded already (in one batch)
     ) -> None:
-        tokens = [encode(t) for t in texts]
+        tokens = tokens or [encode(t) for t in texts]
         long_enough = [i for i, f in enumerate(tokens) if len(f) > size.prompt + size.canvas]
         if not long_enough:
             raise ValueError("no training file is long enough for one example")
@@ -697,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, BOS, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)}
     # Code is data: a sentinel spelled out in a file is text, as the server tokenizes it.
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # noqa: E731
-    examples = Examples(train_texts, size, ids, encode, random.Random(args.seed))
+    # One batch call, which the tokenizer spreads over the cores (2 cores: 13 s against 21 s one by one).
+    tokens = tokenizer(train_texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    examples = Examples(train_texts, size, ids, encode, random.Random(args.seed), tokens)
 
     if args.init is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)
