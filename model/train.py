@@ -469,13 +469,14 @@ class Batches:
         asked = time.perf_counter()
         if self.pool is None:
             batch = _step_batch(self.n, self.seed, step, self.examples)
+            parts = (batch.prompt, batch.canvas, batch.scored)
         else:
             for ahead in range(step, step + self.depth):
                 if ahead not in self.pending:
                     self.pending[ahead] = self.pool.submit(_worker_batch, self.n, self.seed, ahead)
-            batch = Batch(*map(torch.from_numpy, self.pending.pop(step).result()))
+            parts = map(torch.from_numpy, self.pending.pop(step).result())
         self.waited += time.perf_counter() - asked
-        return Batch(*(x.to(device) for x in (batch.prompt, batch.canvas, batch.scored)))
+        return Batch(*(x.to(device) for x in parts))
 
     def close(self) -> None:
         if self.pool is not None:
