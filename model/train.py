@@ -356,7 +356,6 @@ class Examples:
         size: Size,
         ids: dict[str, int],
         encode: Callable[[str], list[int]],
-        rng: random.Random,
         tokens: list[list[int]] | None = None,  # the texts' tokens, when encoded already (in one batch)
     ) -> None:
         tokens = tokens or [encode(t) for t in texts]
@@ -365,11 +364,11 @@ class Examples:
             raise ValueError("no training file is long enough for one example")
         self.texts = [texts[i] for i in long_enough]
         self.files = [tokens[i] for i in long_enough]
-        self.size, self.ids, self.encode, self.rng = size, ids, encode, rng
+        self.size, self.ids, self.encode = size, ids, encode
 
-    def _middle(self, text: str) -> tuple[int, int, list[int]]:
+    def _middle(self, text: str, rng: random.Random) -> tuple[int, int, list[int]]:
         """[start, end) characters of a middle and its tokens: the rest of a line, whole lines or a span."""
-        rng, longest = self.rng, min(3 * self.size.canvas, self.size.prompt // 2) - 1
+        longest = min(3 * self.size.canvas, self.size.prompt // 2) - 1
         start = rng.randrange(1, len(text))
         line_end = text.find("\n", start) % (len(text) + 1)  # the end of the text when no newline follows
         kind = rng.random()
@@ -387,8 +386,8 @@ class Examples:
             middle = self.encode(text[start:end])
         return start, end, middle
 
-    def one(self) -> tuple[list[int], list[int], list[bool]]:
-        s, ids, rng = self.size, self.ids, self.rng
+    def one(self, rng: random.Random) -> tuple[list[int], list[int], list[bool]]:
+        s, ids = self.size, self.ids
         index = rng.randrange(len(self.files))
         if rng.random() < 0.25:  # plain continuation: prompt, then the next canvas of tokens
             tokens = self.files[index]
@@ -396,7 +395,7 @@ class Examples:
             window = tokens[start : start + s.prompt + s.canvas]
             return window[: s.prompt], window[s.prompt :], [True] * s.canvas
         text = self.texts[index]
-        start, end, middle = self._middle(text)
+        start, end, middle = self._middle(text, rng)
         middle = [*middle, ids[EOS]]
         block = rng.randrange((len(middle) + s.canvas - 1) // s.canvas)
         done, canvas = middle[: block * s.canvas], middle[block * s.canvas : (block + 1) * s.canvas]
@@ -421,8 +420,8 @@ class Examples:
         scored = [True] * (s.canvas - len(clamp)) + [False] * len(clamp)
         return prompt, canvas, scored
 
-    def batch(self, n: int, device: torch.device) -> Batch:
-        rows = [self.one() for _ in range(n)]
+    def batch(self, n: int, device: torch.device, rng: random.Random) -> Batch:
+        rows = [self.one(rng) for _ in range(n)]
         return Batch(
             prompt=torch.tensor([r[0] for r in rows], device=device),
             canvas=torch.tensor([r[1] for r in rows], device=device),
@@ -436,8 +435,7 @@ _EXAMPLES: Examples | None = None  # a worker process's copy, inherited through 
 def _step_batch(n: int, seed: int, step: int, examples: Examples) -> Batch:
     """Step ``step``'s batch, from a random stream of its own: the same for any number of workers, and a
     --resume takes up the examples where the run left them."""
-    examples.rng = random.Random(f"{seed}/{step}")
-    return examples.batch(n, torch.device("cpu"))
+    return examples.batch(n, torch.device("cpu"), random.Random(f"{seed}/{step}"))
 
 
 def _worker_batch(n: int, seed: int, step: int) -> tuple[np.ndarray, ...]:
@@ -701,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # noqa: E731
     # One batch call, which the tokenizer spreads over the cores (2 cores: 13 s against 21 s one by one).
     tokens = tokenizer(train_texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    examples = Examples(train_texts, size, ids, encode, random.Random(args.seed), tokens)
+    examples = Examples(train_texts, size, ids, encode, tokens)
 
     if args.init is not None:
         model = DiffusionGemmaForBlockDiffusion.from_pretrained(args.init, dtype=torch.float32)

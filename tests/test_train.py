@@ -126,9 +126,9 @@ def test_examples_have_fixed_shapes_and_fim_layout() -> None:
 
     size = SIZES["toy"]
     encode = lambda text: [ord(c) for c in text]  # noqa: E731 -- one token per character, all above the ids
-    examples = Examples([CODE], size, IDS, encode, random.Random(0))
-    rows = [examples.one() for _ in range(400)]
-    batch = examples.batch(256, torch.device("cpu"))
+    examples, rng = Examples([CODE], size, IDS, encode), random.Random(0)
+    rows = [examples.one(rng) for _ in range(400)]
+    batch = examples.batch(256, torch.device("cpu"), rng)
     assert batch.prompt.shape == (256, size.prompt) and batch.canvas.shape == (256, size.canvas)
     fim = [(p, c, s) for p, c, s in rows if 5 in p]
     assert fim and len(fim) < len(rows)  # both FIM and plain continuation examples
@@ -170,7 +170,7 @@ def test_draws_noise_each_canvas_again_for_one_encoding_of_its_prompt() -> None:
     torch.manual_seed(0)
     model = DiffusionGemmaForBlockDiffusion(make_config(SIZES["toy"]))
     encode = lambda text: [ord(c) for c in text]  # noqa: E731
-    batch = Examples([CODE], SIZES["toy"], IDS, encode, random.Random(0)).batch(3, torch.device("cpu"))
+    batch = Examples([CODE], SIZES["toy"], IDS, encode).batch(3, torch.device("cpu"), random.Random(0))
     copies = Batch(*(x.repeat_interleave(2, 0) for x in (batch.prompt, batch.canvas, batch.scored)))
     drawn = diffusion_loss(model, batch, torch.Generator().manual_seed(1), draws=2)
     torch.testing.assert_close(drawn, diffusion_loss(model, copies, torch.Generator().manual_seed(1)))
@@ -180,10 +180,8 @@ def test_draws_noise_each_canvas_again_for_one_encoding_of_its_prompt() -> None:
 def test_each_steps_batch_is_the_same_made_in_line_or_by_worker_processes() -> None:
     """Batch i comes from a random stream of its own: the workers' count and the order steps are asked
     for in change nothing, and a --resume at step i gets the batch the whole run had there."""
-    import random
-
     encode = lambda text: [ord(c) for c in text]  # noqa: E731
-    examples = Examples([CODE], SIZES["toy"], IDS, encode, random.Random(0))
+    examples = Examples([CODE], SIZES["toy"], IDS, encode)
     cpu = torch.device("cpu")
     in_line, ahead = Batches(examples, 8, 7, workers=0), Batches(examples, 8, 7, workers=2)
     try:
@@ -205,11 +203,11 @@ def test_fim_middles_are_cut_at_characters_not_at_the_files_tokens() -> None:
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     assert "\n   " in {tokenizer.decode([i]) for i in encode(CODE)}  # a merge the old cut could not undo
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in IDS}
-    examples = Examples([CODE], SIZES["toy"], ids, encode, random.Random(0))
+    examples, rng = Examples([CODE], SIZES["toy"], ids, encode), random.Random(0)
     newline = encode("\n")
     line_starts = 0
     for _ in range(300):
-        prompt, canvas, _ = examples.one()
+        prompt, canvas, _ = examples.one(rng)
         if prompt[-1] == ids["<|fim_middle|>"] and prompt[-2:-1] == newline:
             line_starts += tokenizer.decode(canvas[:1]).startswith(" ")
     assert line_starts > 10
